@@ -1,0 +1,73 @@
+"""Anchor-based pose head: per level, a detection branch and a keypoint branch."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from yolopose.nn.blocks import ConvBnAct, DWConv
+
+PAPER_KPT_HEAD_DEPTH = 6
+"""Depthwise 3x3 blocks in the keypoint branch by default: the YOLO-Pose paper's choice (a stack of
+depthwise + pointwise blocks, which gained ~2 AP over a single 1x1 conv at s6/960)."""
+
+
+def keypoint_branch(channels: int, out: int, depth: int, act: str) -> nn.Sequential:
+    """``depth`` x [DW 3x3 (+ PW 1x1 between blocks)] then a 1x1 prediction conv to ``out`` channels.
+
+    ``depth = 0`` gives the plain 1x1 conv of a detection head. Maps ``(B, channels, H, W) -> (B, out, H, W)``.
+    """
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers.append(DWConv(channels, 3, act=act))
+        if i < depth - 1:
+            layers.append(ConvBnAct(channels, channels, 1, act=act))
+    layers.append(nn.Conv2d(channels, out, 1))
+    return nn.Sequential(*layers)
+
+
+class PoseHead(nn.Module):
+    """Per level: ``det`` conv -> A x (4 box + 1 obj + C cls), ``kpt`` branch -> A x 3K.
+
+    Args:
+        in_channels: channels of each neck level.
+        strides: stride of each level (used for the objectness prior).
+        num_anchors: anchors per level (A).
+        num_classes: C.
+        num_keypoints: K.
+        kpt_head_depth: depthwise blocks in the keypoint branch (see ``keypoint_branch``).
+        act: activation name.
+
+    ``forward(feats)`` maps level ``i`` ``(B, in_channels[i], H, W)`` to ``(B, A, H, W, 5 + C + 3K)``.
+    """
+
+    def __init__(self, in_channels: list[int], strides: list[int], num_anchors: int, num_classes: int,
+                 num_keypoints: int, kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu") -> None:
+        super().__init__()
+        self.num_anchors, self.num_classes, self.num_keypoints = num_anchors, num_classes, num_keypoints
+        self.det = nn.ModuleList(nn.Conv2d(c, num_anchors * (5 + num_classes), 1) for c in in_channels)
+        self.kpt = nn.ModuleList(keypoint_branch(c, num_anchors * 3 * num_keypoints, kpt_head_depth, act)
+                                 for c in in_channels)
+        self._init_biases(strides)
+
+    def _init_biases(self, strides: list[int], objects_per_640: float = 8.0) -> None:
+        """Objectness prior: ~``objects_per_640`` objects in a 640x640 image; class prior ~0.6/C."""
+        a, c = self.num_anchors, self.num_classes
+        for conv, s in zip(self.det, strides):
+            bias = conv.bias.detach().view(a, 5 + c)
+            bias[:, 4] = math.log(objects_per_640 / (640 / s) ** 2)
+            bias[:, 5:] = math.log(0.6 / max(c - 0.99, 0.01))
+            conv.bias.data = bias.view(-1)
+        for branch in self.kpt:
+            nn.init.zeros_(branch[-1].bias)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = []
+        a = self.num_anchors
+        for x, det, kpt in zip(feats, self.det, self.kpt):
+            b, _, h, w = x.shape
+            d = det(x).view(b, a, 5 + self.num_classes, h, w)
+            k = kpt(x).view(b, a, 3 * self.num_keypoints, h, w)
+            outs.append(torch.cat((d, k), dim=2).permute(0, 1, 3, 4, 2).contiguous())
+        return outs
