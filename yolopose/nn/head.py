@@ -56,8 +56,10 @@ class PoseHead(nn.Module):
         a, c = self.num_anchors, self.num_classes
         for conv, s in zip(self.det, strides):
             bias = conv.bias.detach().view(a, 5 + c)
-            bias[:, 4] = math.log(objects_per_640 / (640 / s) ** 2)
-            bias[:, 5:] = math.log(0.6 / max(c - 0.99, 0.01))
+            p_obj = objects_per_640 / (640 / s) ** 2
+            bias[:, 4] = math.log(p_obj / (1 - p_obj))
+            p_cls = min(0.6 / max(c - 0.99, 0.01), 0.99)
+            bias[:, 5:] = math.log(p_cls / (1 - p_cls))
             conv.bias.data = bias.view(-1)
         for branch in self.kpt:
             nn.init.zeros_(branch[-1].bias)

@@ -1,0 +1,163 @@
+"""PoseLoss: box (CIoU), objectness, class, keypoint (OKS or L1) and keypoint-confidence terms.
+
+Default weights (ours, applied to losses averaged over ALL positives of all levels, with no hidden
+per-level or per-class rescaling):
+
+=============  =======  =======================================================================
+term           weight   why
+=============  =======  =======================================================================
+box            0.10     1 - CIoU in [0, 2]; the reference's 0.0375 is applied to a *sum* of
+                        per-level means (~3 levels with positives), i.e. ~0.1 on a pooled mean.
+objectness     1.00     BCE averaged over every anchor of a level, times the level's balance
+                        weight (P3..P6: 4, 1, 0.25, 0.06) and times input area / 640^2, so the
+                        gradient per positive stays constant when the input size changes
+                        (the reference's 1.0-1.7 at 640-960 is exactly this scaling).
+class          0.50     BCE, only computed when C > 1.
+keypoints      0.30     1 - OKS in [0, 1]; the reference's 0.1 on a sum over ~3 levels. Keypoints
+                        are the product, so they weigh ~3x the box term, as in the reference.
+keypoint conf  0.05     BCE; the reference's ~0.005 is an artefact of scaling it like a class
+                        loss with C = 1. It is not used by OKS AP, only to decide which
+                        keypoints to draw, so it stays small but is trained visibly.
+=============  =======  =======================================================================
+
+The total is multiplied by the batch size (as YOLOv5 does) so that SGD at lr 0.01 - the paper's
+recipe - has the gradient scale it was tuned for, whatever the batch size.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yolopose.assigner import AnchorAssigner, LevelTargets
+from yolopose.geometry import ciou, decode_box_wh, decode_box_xy, decode_keypoint_xy, keypoint_similarity
+
+BALANCE: dict[int, tuple[float, ...]] = {3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25, 0.06), 5: (4.0, 1.0, 0.25, 0.06, 0.02)}
+"""Objectness weight per level (finest first), YOLOv5's figures: fine levels see many easy negatives."""
+
+
+class PoseLoss(nn.Module):
+    """Training loss of the anchor pose head.
+
+    Args:
+        num_keypoints: K.
+        num_classes: C.
+        anchors: ``(L, A, 2)`` anchor sizes in input pixels (the model's ``anchors``).
+        strides: ``L`` strides.
+        sigmas: ``(K,)`` OKS sigmas of the dataset (see ``yolopose.geometry.default_sigmas``).
+        kpt_loss: ``"oks"`` (1 - OKS, the paper's) or ``"l1"`` (L1 distance in grid units, for the ablation).
+        box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight: see the module docstring.
+        anchor_t: assigner width/height ratio limit.
+        balance: objectness weight per level; defaults to ``BALANCE[L]``.
+        eps: added to the number of labelled keypoints of an instance before dividing.
+    """
+
+    def __init__(self, num_keypoints: int, num_classes: int, anchors: torch.Tensor, strides: list[int],
+                 sigmas: torch.Tensor, kpt_loss: Literal["oks", "l1"] = "oks", box_weight: float = 0.10,
+                 obj_weight: float = 1.0, cls_weight: float = 0.5, kpt_weight: float = 0.30,
+                 kpt_conf_weight: float = 0.05, anchor_t: float = 4.0, balance: list[float] | None = None,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        if kpt_loss not in ("oks", "l1"):
+            raise ValueError(f"kpt_loss must be 'oks' or 'l1', got {kpt_loss!r}")
+        anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        if len(sigmas) != num_keypoints:
+            raise ValueError(f"got {len(sigmas)} sigmas for {num_keypoints} keypoints")
+        self.num_keypoints, self.num_classes, self.kpt_loss = num_keypoints, num_classes, kpt_loss
+        self.weights = {"box": box_weight, "obj": obj_weight, "cls": cls_weight, "kpt": kpt_weight,
+                        "kpt_conf": kpt_conf_weight}
+        self.balance = list(balance) if balance is not None else list(BALANCE[anchors.shape[0]])
+        self.eps = eps
+        self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float32), persistent=False)
+        self.assigner = AnchorAssigner(anchors, strides, anchor_t)
+        self.strides = list(strides)
+
+    def forward(self, raws: list[torch.Tensor], targets: torch.Tensor,
+                ignore: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Compute the loss.
+
+        Args:
+            raws: the model output, one ``(B, A, H_l, W_l, 5 + C + 3K)`` tensor per level.
+            targets: ``(T, 6 + 3K)`` rows ``[batch, cls, cx, cy, w, h, (x, y, v) * K]`` in input pixels.
+            ignore: optional ``(M, 5)`` rows ``[batch, x1, y1, x2, y2]``: crowd regions where unmatched
+                anchors get no objectness loss.
+        Returns:
+            ``(total, parts)``: the weighted sum times the batch size (a scalar with grad), and the
+            detached unweighted parts ``box, obj, cls, kpt, kpt_conf``.
+        """
+        batch = raws[0].shape[0]
+        targets = targets.to(raws[0].dtype)
+        levels = self.assigner(targets, [(r.shape[2], r.shape[3]) for r in raws])
+        zero = raws[0].new_zeros(())
+        sums = {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero}
+        counts = {"pos": 0, "kpt_inst": zero, "kpt_conf": 0}
+        obj = zero
+        in_h, in_w = raws[0].shape[2] * self.strides[0], raws[0].shape[3] * self.strides[0]
+        for lvl, (raw, lt) in enumerate(zip(raws, levels)):
+            tobj = torch.zeros(raw.shape[:4], device=raw.device, dtype=raw.dtype)
+            if lt.batch.numel():
+                self._positive_terms(raw, lt, tobj, sums, counts)
+            weight = self._objectness_weight(raw, lvl, ignore, tobj)
+            obj = obj + self.balance[lvl] * F.binary_cross_entropy_with_logits(raw[..., 4], tobj, weight)
+        parts = {
+            "box": sums["box"] / max(counts["pos"], 1),
+            "obj": obj * (in_h * in_w) / 640.0**2,
+            "cls": sums["cls"] / max(counts["pos"], 1),
+            "kpt": sums["kpt"] / counts["kpt_inst"].clamp(min=1),
+            "kpt_conf": sums["kpt_conf"] / max(counts["kpt_conf"], 1),
+        }
+        total = sum(self.weights[name] * value for name, value in parts.items()) * batch
+        return total, {name: value.detach() for name, value in parts.items()}
+
+    def _positive_terms(self, raw: torch.Tensor, lt: LevelTargets, tobj: torch.Tensor,
+                        sums: dict[str, torch.Tensor], counts: dict) -> None:
+        """Add the box, class and keypoint terms of one level's positives; fill its objectness target."""
+        c, k = self.num_classes, self.num_keypoints
+        pred = raw[lt.batch, lt.anchor, lt.gy, lt.gx]                        # (P, 5 + C + 3K)
+        pbox = torch.cat((decode_box_xy(pred[:, :2]), decode_box_wh(pred[:, 2:4], lt.anchor_wh)), 1)
+        iou = ciou(pbox, lt.box)
+        sums["box"] = sums["box"] + (1 - iou).sum()
+        counts["pos"] += pred.shape[0]
+        # Objectness target: the detached IoU; when several targets share an anchor the best one wins.
+        order = iou.detach().argsort()
+        tobj[lt.batch[order], lt.anchor[order], lt.gy[order], lt.gx[order]] = \
+            iou.detach()[order].clamp(min=0).to(tobj.dtype)
+        if c > 1:
+            onehot = F.one_hot(lt.cls, c).to(pred.dtype)
+            sums["cls"] = sums["cls"] + F.binary_cross_entropy_with_logits(
+                pred[:, 5:5 + c], onehot, reduction="sum") / c
+        pk = pred[:, 5 + c:].reshape(-1, k, 3)
+        labelled = (lt.keypoints[..., 2] > 0).to(pred.dtype)                  # (P, K)
+        pxy, txy = decode_keypoint_xy(pk[..., :2]), lt.keypoints[..., :2]
+        if self.kpt_loss == "oks":
+            area = lt.box[:, 2] * lt.box[:, 3]
+            per_kpt = 1 - keypoint_similarity(pxy, txy, area, self.sigmas)
+        else:
+            per_kpt = (pxy - txy).abs().sum(-1)
+        n_lab = labelled.sum(1)
+        per_inst = (per_kpt * labelled).sum(1) / (n_lab + self.eps)
+        sums["kpt"] = sums["kpt"] + per_inst.sum()
+        counts["kpt_inst"] = counts["kpt_inst"] + (n_lab > 0).sum()
+        sums["kpt_conf"] = sums["kpt_conf"] + F.binary_cross_entropy_with_logits(
+            pk[..., 2], labelled, reduction="sum")
+        counts["kpt_conf"] += labelled.numel()
+
+    def _objectness_weight(self, raw: torch.Tensor, lvl: int, ignore: torch.Tensor | None,
+                           tobj: torch.Tensor) -> torch.Tensor | None:
+        """``(B, A, H, W)`` weights: 0 for negatives whose cell centre lies in a crowd region, else 1."""
+        if ignore is None or ignore.numel() == 0:
+            return None
+        b, a, h, w = raw.shape[:4]
+        s = float(self.strides[lvl])
+        cx = (torch.arange(w, device=raw.device, dtype=raw.dtype) + 0.5) * s
+        cy = (torch.arange(h, device=raw.device, dtype=raw.dtype) + 0.5) * s
+        ign = ignore.to(raw.dtype)
+        in_x = (cx[None] >= ign[:, 1:2]) & (cx[None] <= ign[:, 3:4])          # (M, W)
+        in_y = (cy[None] >= ign[:, 2:3]) & (cy[None] <= ign[:, 4:5])          # (M, H)
+        inside = (in_y[:, :, None] & in_x[:, None, :]).reshape(len(ign), -1).to(raw.dtype)
+        covered = torch.zeros(b, h * w, device=raw.device, dtype=raw.dtype)
+        covered.index_add_(0, ign[:, 0].long(), inside)
+        covered = covered.view(b, 1, h, w) > 0
+        return (~(covered & (tobj == 0))).to(raw.dtype)
