@@ -1,0 +1,128 @@
+"""The ``train.py`` command line: LightningCLI with yolopose's links, checkpoints and checks."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+from yolopose.data.datamodule import PoseDataModule
+from yolopose.data.sample import DatasetError
+from yolopose.module import PoseModule
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+
+# Dataset facts the model takes from the DataModule: typed once, in the data.
+LINKED = ("num_keypoints", "num_classes", "sigmas", "keypoint_names", "skeleton", "category_ids")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before training starts."""
+
+
+def find_last_checkpoint(root: Path) -> Path | None:
+    """The newest ``last*.ckpt`` below ``root`` (``<root>/<name>/version_N/checkpoints/last.ckpt``)."""
+    found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def checkpoint_hparams(path: str | Path) -> dict:
+    """The hyperparameters stored in a Lightning checkpoint (loaded with ``weights_only=True``)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint not found: {path}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not ours"
+        raise ConfigError(f"{path}: not a readable yolopose checkpoint ({type(exc).__name__}: {exc})") from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "num_keypoints" not in hp:
+        raise ConfigError(f"{path}: not a yolopose checkpoint (no yolopose hyperparameters inside)")
+    return hp
+
+
+class PoseCLI(LightningCLI):
+    """LightningCLI over ``PoseModule`` and ``PoseDataModule``; every Trainer flag stays available."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in LINKED:
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/kpt_AP", "checkpoint.mode": "max",
+                             "checkpoint.save_top_k": 1, "checkpoint.filename": "best-epoch{epoch}",
+                             "checkpoint.auto_insert_metric_name": False})
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({"last_checkpoint.save_top_k": 0, "last_checkpoint.save_last": True,
+                             "last_checkpoint.every_n_train_steps": 100})
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(self.subcommand) if self.subcommand else self.config
+        if cfg is None or cfg.get("ckpt_path") != "last":
+            self._resume_version = None
+            return
+        root = Path(cfg["trainer"]["default_root_dir"] or ".")
+        last = find_last_checkpoint(root)
+        if last is None:
+            rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
+            cfg["ckpt_path"] = None
+            self._resume_version = None
+        else:
+            rank_zero_info(f"resuming from {last}")
+            cfg["ckpt_path"] = str(last)
+            self._resume_version = last.parent.parent.name
+
+    def _check_checkpoint(self) -> None:
+        cfg = self.config[self.subcommand]
+        path = cfg.get("ckpt_path")
+        if not path or path in ("best", "last", "hpc", "registry"):
+            return
+        hp = checkpoint_hparams(path)
+        dm = self.datamodule
+        if int(hp["num_keypoints"]) != dm.num_keypoints or int(hp.get("num_classes", 1)) != dm.num_classes:
+            raise ConfigError(
+                f"{path}: checkpoint has K={hp['num_keypoints']} keypoints and C={hp.get('num_classes', 1)} "
+                f"classes but the dataset has K={dm.num_keypoints}, C={dm.num_classes}")
+        # Continue a resumed run in its own log directory, so TensorBoard curves carry on.
+        version = getattr(self, "_resume_version", None)
+        logger = self.trainer.logger
+        if version and isinstance(logger, TensorBoardLogger) and version.startswith("version_"):
+            self.trainer.loggers = [TensorBoardLogger(logger.save_dir, name=logger.name, version=version,
+                                                      default_hp_metric=False)]
+
+    def before_fit(self) -> None:
+        self._check_checkpoint()
+
+    def before_validate(self) -> None:
+        self._check_checkpoint()
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        best = self.trainer.checkpoint_callback
+        score = getattr(best, "best_model_score", None)
+        lines = ["", "training finished."]
+        if score is not None:
+            lines.append(f"best val/kpt_AP = {float(score):.4f}  ({best.best_model_path})")
+        if self.model.last_metrics:
+            lines.append(f"last validation: kpt_AP = {self.model.last_metrics['kpt_AP']:.4f}, "
+                         f"box_AP = {self.model.last_metrics['box_AP']:.4f}")
+        lines.append(f"TensorBoard: tensorboard --logdir {self.trainer.log_dir}")
+        print("\n".join(lines), flush=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``train.py``; with no arguments at all, runs the synthetic CPU demo."""
+    args = sys.argv[1:] if args is None else args
+    if not args:
+        args = ["fit", "--config", str(DEMO_CONFIG)]
+        print(f"no arguments: running the synthetic demo ({DEMO_CONFIG.name}); see README.md for real data",
+              flush=True)
+    try:
+        PoseCLI(PoseModule, PoseDataModule, args=args, save_config_kwargs={"overwrite": True},
+                parser_kwargs={"default_env": False})
+    except (ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,235 @@
+"""PoseModule: the LightningModule around YOLOPose + PoseLoss (training, validation, optimiser)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+
+from yolopose.ema import ModelEMA
+from yolopose.evaluation import CocoEvaluator, detections_to_records, format_table, gather_records
+from yolopose.geometry import decode, default_sigmas
+from yolopose.loss import PoseLoss
+from yolopose.nn.head import PAPER_KPT_HEAD_DEPTH
+from yolopose.nn.model import YOLOPose
+from yolopose.optim import WarmupSchedule, parameter_groups
+from yolopose.postprocess import select_detections
+
+log = logging.getLogger("yolopose")
+
+
+class PoseModule(pl.LightningModule):
+    """Trains and validates a ``YOLOPose`` model.
+
+    Every argument is a plain value saved in the checkpoint's hyperparameters, so
+    ``PoseModule.load_from_checkpoint(path)`` rebuilds the same model without a config. The dataset's
+    ``num_keypoints``, ``num_classes``, ``sigmas``, ``keypoint_names``, ``skeleton`` and
+    ``category_ids`` are linked from the DataModule by ``train.py``.
+
+    Args:
+        variant: model size ``n, s, m, l, x``.
+        num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
+        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, anchor_t: see ``PoseLoss``.
+        lr, lr_final, schedule, momentum, nesterov, weight_decay: SGD and its decay (``lr_final`` is a
+            fraction of ``lr``). ``weight_decay`` is for a nominal batch of ``nominal_batch_size`` images
+            and is scaled by ``batch / nominal_batch_size`` (the loss is summed over the batch).
+        warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up.
+        ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
+        conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
+        max_bad_steps: consecutive non-finite losses after which training stops with an error.
+    """
+
+    def __init__(
+        self,
+        variant: Literal["n", "s", "m", "l", "x"] = "s",
+        num_keypoints: int = 17,
+        num_classes: int = 1,
+        sigmas: list[float] | None = None,
+        keypoint_names: list[str] | None = None,
+        skeleton: list[tuple[int, int]] | None = None,
+        category_ids: list[int] | None = None,
+        num_levels: int = 4,
+        anchors: list[list[list[float]]] | None = None,
+        kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH,
+        act: Literal["silu", "relu"] = "silu",
+        depth: float | None = None,
+        width: float | None = None,
+        kpt_loss: Literal["oks", "l1"] = "oks",
+        box_weight: float = 0.10,
+        obj_weight: float = 1.0,
+        cls_weight: float = 0.5,
+        kpt_weight: float = 0.30,
+        kpt_conf_weight: float = 0.05,
+        anchor_t: float = 4.0,
+        lr: float = 0.01,
+        lr_final: float = 0.01,
+        schedule: Literal["cosine", "linear"] = "cosine",
+        momentum: float = 0.937,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        nominal_batch_size: int = 64,
+        warmup_epochs: float = 3.0,
+        warmup_min_steps: int = 100,
+        warmup_bias_lr: float = 0.1,
+        warmup_momentum: float = 0.8,
+        ema_decay: float = 0.9999,
+        ema_tau: float = 2000.0,
+        conf_threshold: float = 0.001,
+        iou_threshold: float = 0.65,
+        max_det: int = 300,
+        top_k: int = 1000,
+        max_bad_steps: int = 20,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = YOLOPose(variant, num_keypoints, num_classes, num_levels, anchors, kpt_head_depth, act,
+                              depth, width)
+        sig = torch.tensor(sigmas, dtype=torch.float32) if sigmas is not None else default_sigmas(num_keypoints)
+        self.criterion = PoseLoss(num_keypoints, num_classes, self.model.anchors, self.model.strides, sig,
+                                  kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight,
+                                  anchor_t)
+        self.sigmas = sig.tolist()
+        self.ema = ModelEMA(self.model, ema_decay, ema_tau) if ema_decay > 0 else None
+        self.schedule: WarmupSchedule | None = None
+        self.bad_steps = 0            # consecutive non-finite losses
+        self.skipped_steps = 0        # all non-finite losses this run
+        self.skipped_images = 0       # unreadable images this epoch (reported by the data loader)
+        self._val_records: list[dict] = []
+        self._val_ids: list[int] = []
+        self._evaluator: CocoEvaluator | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def inference_model(self) -> YOLOPose:
+        """The weights to evaluate and export: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, 3, H, W)`` float [0, 1] -> raw maps of the inference model."""
+        return self.inference_model(images)
+
+    def detect(self, images: torch.Tensor):
+        """``(B, 3, H, W)`` float [0, 1] -> ``Detections`` in input pixels (validation settings)."""
+        m = self.inference_model
+        decoded = decode(m(images), m.anchors, m.strides, self.hparams.num_classes)
+        return select_detections(decoded, self.hparams.num_classes, self.hparams.conf_threshold,
+                                 self.hparams.iou_threshold, self.hparams.max_det, self.hparams.top_k)
+
+    @staticmethod
+    def to_input(images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, 3, H, W)`` from the loader -> float [0, 1] on the same device."""
+        return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        raws = self.model(self.to_input(batch["images"]))
+        loss, parts = self.criterion(raws, batch["targets"], batch.get("ignore"))
+        self.skipped_images += int(batch.get("num_skipped", 0))
+        # Every rank must agree to skip, or DDP would wait forever for the missing gradients.
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            self._count_bad_step(loss)
+            return None  # Lightning skips backward and the optimiser step; grads stay unset
+        self.bad_steps = 0
+        bsz = batch["images"].shape[0]
+        self.log("train/loss", loss / bsz, prog_bar=True, batch_size=bsz)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bsz)
+        if self.schedule is not None:
+            self.log("train/lr", self.schedule.at(self.global_step, is_bias=False)[0], batch_size=bsz)
+        return loss
+
+    def _count_bad_step(self, loss: torch.Tensor) -> None:
+        """A non-finite loss: warn and count; too many in a row stop training with a clear error."""
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        log.warning("non-finite loss (%s) at step %d: step skipped (%d in a row, %d in total)",
+                    loss.item(), self.global_step, self.bad_steps, self.skipped_steps)
+        if self.bad_steps >= self.hparams.max_bad_steps:
+            raise FloatingPointError(
+                f"{self.bad_steps} consecutive non-finite losses (last at step {self.global_step}): training "
+                "stopped; the last good checkpoint is untouched. Lower the learning rate, check the data, or "
+                "use --trainer.precision 32.")
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/skipped_images", float(self.skipped_images), sync_dist=True, reduce_fx="sum")
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self.skipped_images:
+            log.warning("epoch %d: %d unreadable image(s) were skipped (see the log for which)",
+                        self.current_epoch, self.skipped_images)
+        self.skipped_images = 0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        batch = getattr(self.trainer.datamodule, "batch_size", hp.nominal_batch_size) if self.trainer else 1
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
+        wd = hp.weight_decay * batch * accumulate / hp.nominal_batch_size
+        opt = torch.optim.SGD(parameter_groups(self.model, wd), lr=hp.lr, momentum=hp.momentum,
+                              nesterov=hp.nesterov)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        warmup = min(max(round(hp.warmup_epochs * total / epochs), hp.warmup_min_steps), total)
+        self.schedule = WarmupSchedule(hp.lr, hp.lr_final, total, warmup, hp.momentum, hp.warmup_momentum,
+                                       hp.warmup_bias_lr, hp.schedule)
+        return opt
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Set this step's LR and momentum, step, then update the EMA (not after a skipped step)."""
+        if self.schedule is not None:
+            self.schedule.apply(optimizer, self.global_step)
+        bad_before = self.skipped_steps
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.ema is not None and self.skipped_steps == bad_before:
+            self.ema.update(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write weights that are not finite (a ruined checkpoint must never replace a good one)."""
+        for name, value in checkpoint["state_dict"].items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise FloatingPointError(f"refusing to save a checkpoint: {name} has non-finite values")
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_records, self._val_ids = [], []
+        if self._evaluator is None:
+            dm = self.trainer.datamodule
+            self._evaluator = CocoEvaluator(dm.val_coco_gt(), self.sigmas)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        images = self.to_input(batch["images"])
+        m = self.inference_model
+        raws = m(images)
+        _, parts = self.criterion(raws, batch["targets"], batch.get("ignore"))
+        bsz = images.shape[0]
+        self.log_dict({f"val/{k}": v for k, v in parts.items()}, batch_size=bsz, sync_dist=True)
+        det = select_detections(decode(raws, m.anchors, m.strides, self.hparams.num_classes),
+                                self.hparams.num_classes, self.hparams.conf_threshold,
+                                self.hparams.iou_threshold, self.hparams.max_det, self.hparams.top_k)
+        cats = self.hparams.category_ids or list(range(1, self.hparams.num_classes + 1))
+        for b, meta in enumerate(batch["meta"]):
+            self._val_records.extend(detections_to_records(det.image(b), meta, cats))
+            self._val_ids.append(int(meta["image_id"]))
+        return {"detections": det}
+
+    def on_validation_epoch_end(self) -> None:
+        records, ids = gather_records(self._val_records, self._val_ids)
+        metrics: dict[str, float] = {}
+        if self.trainer.is_global_zero:
+            metrics = self._evaluator.evaluate(records, ids)
+            if not self.trainer.sanity_checking:
+                self._write_outputs(records, metrics, len(ids))
+        metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        self.last_metrics = metrics
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)
+
+    def _write_outputs(self, records: list[dict], metrics: dict[str, float], n_images: int) -> None:
+        """predictions.json + metrics.json in the run's log directory; the AP table on stdout."""
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "predictions.json").write_text(json.dumps(records))
+        summary = {"epoch": self.current_epoch, "global_step": self.global_step, "images": n_images, **metrics}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        print(f"\nvalidation, epoch {self.current_epoch} ({n_images} images, {len(records)} detections):\n"
+              f"{format_table(metrics)}\n(predictions.json and metrics.json in {out})", flush=True)

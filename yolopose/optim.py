@@ -1,0 +1,74 @@
+"""SGD parameter groups and the warm-up + decay schedule (a pure function of the step)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Three groups: conv/linear weights (with decay), norm weights (no decay), biases (no decay).
+
+    The bias group is last and flagged ``is_bias`` so the warm-up can treat it differently.
+    """
+    decay, no_decay, bias = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias":
+                bias.append(p)
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "is_bias": False},
+        {"params": no_decay, "weight_decay": 0.0, "is_bias": False},
+        {"params": bias, "weight_decay": 0.0, "is_bias": True},
+    ]
+
+
+@dataclass
+class WarmupSchedule:
+    """Learning rate and momentum at any optimiser step.
+
+    Decay over the whole run: ``lr * f(progress)``, ``f`` cosine or linear from 1 to ``lr_final``
+    (a fraction of ``lr``). During the first ``warmup_steps`` steps, every group's LR rises linearly
+    from 0 (biases: from ``warmup_bias_lr``, falling) to its scheduled value, and momentum rises
+    from ``warmup_momentum`` to ``momentum`` (the YOLOv5 recipe).
+    """
+
+    lr: float
+    lr_final: float
+    total_steps: int
+    warmup_steps: int
+    momentum: float
+    warmup_momentum: float
+    warmup_bias_lr: float
+    kind: Literal["cosine", "linear"] = "cosine"
+
+    def decay_factor(self, step: int) -> float:
+        p = min(step / max(self.total_steps, 1), 1.0)
+        if self.kind == "cosine":
+            return self.lr_final + (1 - self.lr_final) * (1 + math.cos(math.pi * p)) / 2
+        return 1 - p * (1 - self.lr_final)
+
+    def at(self, step: int, is_bias: bool) -> tuple[float, float]:
+        """``(lr, momentum)`` of a group at ``step``."""
+        target = self.lr * self.decay_factor(step)
+        if step >= self.warmup_steps:
+            return target, self.momentum
+        t = step / self.warmup_steps
+        start = self.warmup_bias_lr if is_bias else 0.0
+        return start + (target - start) * t, self.warmup_momentum + (self.momentum - self.warmup_momentum) * t
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        for group in optimizer.param_groups:
+            lr, momentum = self.at(step, group.get("is_bias", False))
+            group["lr"] = lr
+            if "momentum" in group:
+                group["momentum"] = momentum
