@@ -1,0 +1,52 @@
+"""EMA, parameter groups and the LR schedule."""
+import pytest
+import torch
+
+from yolopose import YOLOPose
+from yolopose.ema import ModelEMA
+from yolopose.optim import WarmupSchedule, parameter_groups
+
+
+def test_ema_moves_towards_model_and_ramps_up() -> None:
+    model = torch.nn.Linear(3, 1)
+    ema = ModelEMA(model, decay=0.9, tau=1.0)
+    w0 = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    d1 = ema.current_decay()
+    assert 0 < d1 < 0.9
+    assert torch.allclose(ema.module.weight, d1 * w0 + (1 - d1) * torch.ones(1, 3))
+    assert not ema.module.weight.requires_grad
+    before = ema.module.weight.clone()
+    for _ in range(50):
+        ema.update(model)
+    assert (ema.module.weight - 1).abs().max() < (before - 1).abs().max()
+    assert int(ema.updates) == 51 and ema.current_decay() == pytest.approx(0.9, rel=1e-6)
+    assert "updates" in ema.state_dict() and not ema.train().training
+
+
+def test_parameter_groups_cover_every_parameter_once() -> None:
+    model = YOLOPose("n", num_keypoints=3)
+    groups = parameter_groups(model, 5e-4)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    decay, norm, bias = groups
+    assert decay["weight_decay"] == 5e-4 and norm["weight_decay"] == 0 and bias["weight_decay"] == 0
+    assert all(p.ndim == 4 for p in decay["params"]) and all(p.ndim == 1 for p in norm["params"] + bias["params"])
+    assert bias["is_bias"] and not decay["is_bias"]
+
+
+def test_schedule_warmup_then_cosine() -> None:
+    s = WarmupSchedule(lr=0.01, lr_final=0.1, total_steps=1000, warmup_steps=100, momentum=0.937,
+                       warmup_momentum=0.8, warmup_bias_lr=0.1)
+    assert s.at(0, False) == (0.0, 0.8)
+    assert s.at(0, True)[0] == pytest.approx(0.1)
+    assert s.at(50, True)[0] < 0.1 and s.at(50, False)[0] > 0
+    lr100, m100 = s.at(100, False)
+    assert lr100 == pytest.approx(0.01 * s.decay_factor(100)) and m100 == 0.937
+    assert s.at(1000, False)[0] == pytest.approx(0.001)
+    lrs = [s.at(t, False)[0] for t in range(100, 1001, 50)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    lin = WarmupSchedule(0.01, 0.1, 1000, 0, 0.9, 0.8, 0.1, kind="linear")
+    assert lin.at(500, False)[0] == pytest.approx(0.01 * 0.55)
