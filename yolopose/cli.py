@@ -4,12 +4,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from yolopose.checkpoint import CheckpointError, checkpoint_hparams
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.data.sample import DatasetError
 from yolopose.module import PoseModule
@@ -28,20 +28,6 @@ def find_last_checkpoint(root: Path) -> Path | None:
     """The newest ``last*.ckpt`` below ``root`` (``<root>/<name>/version_N/checkpoints/last.ckpt``)."""
     found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
-
-
-def checkpoint_hparams(path: str | Path) -> dict:
-    """The hyperparameters stored in a Lightning checkpoint (loaded with ``weights_only=True``)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint not found: {path}") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not ours"
-        raise ConfigError(f"{path}: not a readable yolopose checkpoint ({type(exc).__name__}: {exc})") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not hp or "num_keypoints" not in hp:
-        raise ConfigError(f"{path}: not a yolopose checkpoint (no yolopose hyperparameters inside)")
-    return hp
 
 
 class PoseCLI(LightningCLI):
@@ -123,6 +109,6 @@ def main(args: list[str] | None = None) -> None:
     try:
         PoseCLI(PoseModule, PoseDataModule, args=args, save_config_kwargs={"overwrite": True},
                 parser_kwargs={"default_env": False})
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, CheckpointError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
