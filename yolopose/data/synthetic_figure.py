@@ -96,14 +96,33 @@ def _foreshorten(rng: np.random.Generator) -> float:
     return rng.uniform(0.55, 1.0) if rng.uniform() < 0.3 else 1.0
 
 
-def sample_figure(rng: np.random.Generator, height_px: float, angle: float | None = None) -> Figure:
-    """Sample body proportions, colours and joint angles; return a figure of standing height height_px.
+@dataclass
+class _Body:
+    """Proportions (in standing heights) and colours of one person; left and right limbs share them."""
+    width: float
+    torso: float
+    head_r: float
+    neck: float
+    shoulder_w: float
+    hip_w: float
+    upper_arm: float
+    forearm: float
+    thigh: float
+    shin: float
+    arm_r: float
+    fore_r: float
+    thigh_r: float
+    shin_r: float
+    skin: Color
+    shirt: Color
+    pants: Color
+    hair: Color
+    forearm_color: Color
+    shin_color: Color
+    shoe: Color
 
-    The figure is rotated by ``angle`` radians about the hips (sampled within about +-35 deg when None)
-    and placed with its hips at the origin; move it with ``Figure.moved``.
-    """
-    if angle is None:
-        angle = float(np.clip(rng.normal(0.0, 0.2), -0.6, 0.6))
+
+def _sample_body(rng: np.random.Generator) -> _Body:
     width = rng.uniform(0.85, 1.2)
     size = lambda base: base * rng.uniform(0.92, 1.08)  # noqa: E731
     torso, head_r, neck = size(0.34), size(0.075), size(0.03)
@@ -111,72 +130,92 @@ def sample_figure(rng: np.random.Generator, height_px: float, angle: float | Non
     upper_arm, forearm, thigh, shin = size(0.17), size(0.15), size(0.235), size(0.225)
     arm_r, fore_r = size(0.032) * width, size(0.027) * width
     thigh_r, shin_r = size(0.042) * width, size(0.034) * width
-
     skin, shirt = _skin(rng), _random_color(rng, (0.25, 1.0), (0.3, 1.0))
     pants = _random_color(rng, (0.1, 0.9), (0.15, 0.8))
     hair = _random_color(rng, (0.2, 0.8), (0.05, 0.6))
     forearm_color = shirt if rng.uniform() < 0.5 else skin
     shin_color = pants if rng.uniform() < 0.7 else skin
     shoe = (int(rng.integers(10, 70)),) * 3
+    return _Body(width, torso, head_r, neck, shoulder_w, hip_w, upper_arm, forearm, thigh, shin, arm_r, fore_r,
+                 thigh_r, shin_r, skin, shirt, pants, hair, forearm_color, shin_color, shoe)
 
-    kp = np.zeros((len(COCO_KEYPOINT_NAMES), 2))
+
+def _limbs(rng: np.random.Generator, b: _Body, kp: np.ndarray) -> tuple[list[Shape], list[Shape]]:
+    """Pose both legs and arms by joint angles; write their joints into kp (K, 2); return (legs, arms)."""
     legs, arms = [], []
     for name, side in SIDES.items():
-        hip = np.array([side * hip_w, 0.0])
+        hip = np.array([side * b.hip_w, 0.0])
         thigh_angle = _leg_angle(rng)
-        knee = hip + thigh * _foreshorten(rng) * _limb_dir(side, thigh_angle)
+        knee = hip + b.thigh * _foreshorten(rng) * _limb_dir(side, thigh_angle)
         shin_angle = thigh_angle + rng.choice([-1.0, 1.0]) * 1.4 * rng.uniform() ** 2
-        ankle = knee + shin * _foreshorten(rng) * _limb_dir(side, shin_angle)
+        ankle = knee + b.shin * _foreshorten(rng) * _limb_dir(side, shin_angle)
         toe = ankle + 0.055 * _limb_dir(side, shin_angle + 1.1)
-        shoulder = np.array([side * shoulder_w, -torso])
+        shoulder = np.array([side * b.shoulder_w, -b.torso])
         upper_angle = _arm_angle(rng)
-        elbow = shoulder + upper_arm * _foreshorten(rng) * _limb_dir(side, upper_angle)
+        elbow = shoulder + b.upper_arm * _foreshorten(rng) * _limb_dir(side, upper_angle)
         fore_angle = upper_angle + rng.choice([-1.0, 1.0]) * 2.3 * rng.uniform() ** 1.5
-        wrist = elbow + forearm * _foreshorten(rng) * _limb_dir(side, fore_angle)
+        wrist = elbow + b.forearm * _foreshorten(rng) * _limb_dir(side, fore_angle)
         hand = wrist + 0.025 * _limb_dir(side, fore_angle)
         for joint, xy in (("hip", hip), ("knee", knee), ("ankle", ankle), ("shoulder", shoulder),
                           ("elbow", elbow), ("wrist", wrist)):
             kp[KPT[f"{name}_{joint}"]] = xy
-        legs += [Shape("line", np.stack([hip, knee]), thigh_r, pants),
-                 Shape("line", np.stack([knee, ankle]), shin_r, shin_color),
-                 Shape("line", np.stack([ankle, toe]), shin_r * 0.9, shoe)]
-        arms += [Shape("line", np.stack([shoulder, elbow]), arm_r, shirt),
-                 Shape("line", np.stack([elbow, wrist]), fore_r, forearm_color),
-                 Shape("circle", hand[None], fore_r * 1.15, skin)]
+        legs += [Shape("line", np.stack([hip, knee]), b.thigh_r, b.pants),
+                 Shape("line", np.stack([knee, ankle]), b.shin_r, b.shin_color),
+                 Shape("line", np.stack([ankle, toe]), b.shin_r * 0.9, b.shoe)]
+        arms += [Shape("line", np.stack([shoulder, elbow]), b.arm_r, b.shirt),
+                 Shape("line", np.stack([elbow, wrist]), b.fore_r, b.forearm_color),
+                 Shape("circle", hand[None], b.fore_r * 1.15, b.skin)]
+    return legs, arms
 
-    l_sh, r_sh, l_hip, r_hip = (kp[KPT[n]] for n in ("left_shoulder", "right_shoulder", "left_hip",
-                                                     "right_hip"))
-    waist = -torso * rng.uniform(0.2, 0.3)
+
+def _trunk(rng: np.random.Generator, b: _Body, kp: np.ndarray) -> list[Shape]:
+    """Pelvis (trousers) and torso (shirt) polygons spanning the hip and shoulder joints in kp."""
+    l_sh, r_sh, l_hip, r_hip = (kp[KPT[n]] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"))
+    waist = -b.torso * rng.uniform(0.2, 0.3)
     trunk = np.array([l_sh + (0.02, -0.018), r_sh + (-0.02, -0.018), (r_hip[0] - 0.01, waist),
                       (l_hip[0] + 0.01, waist)])
     pelvis = np.array([(l_hip[0] + 0.012, waist), (r_hip[0] - 0.012, waist), r_hip + (-0.035, 0.03),
                        l_hip + (0.035, 0.03)])
+    return [Shape("poly", pelvis, 0.0, b.pants), Shape("poly", trunk, 0.0, b.shirt)]
 
+
+def _head(rng: np.random.Generator, b: _Body, kp: np.ndarray) -> list[Shape]:
+    """Neck, ears, head, hair and a frontal face (eyes, nose, mouth); writes the face keypoints into kp."""
     tilt, yaw = rng.normal(0.0, 0.12), rng.uniform(-0.25, 0.25)
-    neck_base = np.array([0.0, -torso])
-    head_frame = _rot(tilt)
-    centre = neck_base + head_frame @ np.array([0.0, -(neck + head_r)])
-    face = lambda x, y: centre + head_frame @ (np.array([x + yaw * 0.5 * (1 - abs(x)), y]) * head_r)  # noqa: E731
+    r, neck_base, head_frame = b.head_r, np.array([0.0, -b.torso]), _rot(tilt)
+    centre = neck_base + head_frame @ np.array([0.0, -(b.neck + r)])
+    face = lambda x, y: centre + head_frame @ (np.array([x + yaw * 0.5 * (1 - abs(x)), y]) * r)  # noqa: E731
     kp[KPT["nose"]] = face(0.0, 0.22)
     kp[KPT["left_eye"]], kp[KPT["right_eye"]] = face(0.38, -0.05), face(-0.38, -0.05)
     kp[KPT["left_ear"]], kp[KPT["right_ear"]] = face(1.0, 0.05), face(-1.0, 0.05)
     arc = np.linspace(np.pi * 1.08, np.pi * 1.92, 9)
-    hair_pts = centre + (np.stack([np.cos(arc), np.sin(arc)], 1) * head_r * 1.12) @ head_frame.T
-    hair_pts = np.concatenate([hair_pts, (centre + head_frame @ (0.0, -0.5 * head_r))[None]])
-    eye_r, dark = 0.13 * head_r, (25, 25, 25)
-    mouth_color = tuple(int(c * 0.6) for c in skin)
-    head = [Shape("line", np.stack([neck_base, centre]), 0.03 * width, skin),
-            Shape("circle", kp[KPT["left_ear"]][None], 0.24 * head_r, skin),
-            Shape("circle", kp[KPT["right_ear"]][None], 0.24 * head_r, skin),
-            Shape("circle", centre[None], head_r, skin),
-            Shape("poly", hair_pts, 0.0, hair),
-            Shape("circle", kp[KPT["left_eye"]][None], eye_r, dark, solid=False),
-            Shape("circle", kp[KPT["right_eye"]][None], eye_r, dark, solid=False),
-            Shape("circle", kp[KPT["nose"]][None], 0.1 * head_r, mouth_color, solid=False),
-            Shape("line", np.stack([face(-0.28, 0.52), face(0.28, 0.52)]), 0.05 * head_r, mouth_color,
-                  solid=False)]
-    shapes = legs + [Shape("poly", pelvis, 0.0, pants), Shape("poly", trunk, 0.0, shirt)] + head + arms
+    hair = centre + (np.stack([np.cos(arc), np.sin(arc)], 1) * r * 1.12) @ head_frame.T
+    hair = np.concatenate([hair, (centre + head_frame @ (0.0, -0.5 * r))[None]])
+    dark, mouth_color = (25, 25, 25), tuple(int(c * 0.6) for c in b.skin)
+    return [Shape("line", np.stack([neck_base, centre]), 0.03 * b.width, b.skin),
+            Shape("circle", kp[KPT["left_ear"]][None], 0.24 * r, b.skin),
+            Shape("circle", kp[KPT["right_ear"]][None], 0.24 * r, b.skin),
+            Shape("circle", centre[None], r, b.skin),
+            Shape("poly", hair, 0.0, b.hair),
+            Shape("circle", kp[KPT["left_eye"]][None], 0.13 * r, dark, solid=False),
+            Shape("circle", kp[KPT["right_eye"]][None], 0.13 * r, dark, solid=False),
+            Shape("circle", kp[KPT["nose"]][None], 0.1 * r, mouth_color, solid=False),
+            Shape("line", np.stack([face(-0.28, 0.52), face(0.28, 0.52)]), 0.05 * r, mouth_color, solid=False)]
 
+
+def sample_figure(rng: np.random.Generator, height_px: float, angle: float | None = None) -> Figure:
+    """Sample body proportions, colours and joint angles; return a figure of standing height height_px.
+
+    The figure is rotated by ``angle`` radians about the hips (sampled within about +-35 deg when None)
+    and placed with its hips at the origin; move it with ``Figure.moved``. Shapes run back to front:
+    legs, pelvis, torso, head, arms.
+    """
+    if angle is None:
+        angle = float(np.clip(rng.normal(0.0, 0.2), -0.6, 0.6))
+    body = _sample_body(rng)
+    kp = np.zeros((len(COCO_KEYPOINT_NAMES), 2))
+    legs, arms = _limbs(rng, body, kp)
+    shapes = legs + _trunk(rng, body, kp) + _head(rng, body, kp) + arms
     transform = _rot(angle) * height_px
     return Figure(keypoints=kp @ transform.T,
                   shapes=[Shape(s.kind, s.points @ transform.T, s.radius * height_px, s.color, s.solid)
