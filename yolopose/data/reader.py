@@ -1,0 +1,78 @@
+"""``LabelledImages``: what every dataset reader offers once its labels are parsed into a ``LabelTable``.
+
+The readers (``CocoKeypoints``, ``YoloPoseTxt``) only parse; loading a ``Sample`` and producing the
+pycocotools ground truth live here, so both formats behave identically.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from yolopose.data.image_io import read_image
+from yolopose.data.sample import DatasetInfo, Sample
+from yolopose.data.table import LabelTable
+
+
+class LabelledImages:
+    """A split: images under ``image_root`` with labels in ``table``.
+
+    ``normalized`` tables hold coordinates in [0, 1] of the decoded image size (YOLO txt); others
+    hold original pixels.
+    """
+
+    def __init__(self, info: DatasetInfo, table: LabelTable, image_root: Path, source: str,
+                 normalized: bool = False) -> None:
+        self.info = info
+        self.table = table
+        self.image_root = Path(image_root)
+        self.source = source
+        self.normalized = normalized
+        self._measured: dict[int, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def image_path(self, i: int) -> Path:
+        """Path of image i on disk."""
+        return self.image_root / str(self.table.file_names[i])
+
+    def image_id(self, i: int) -> int:
+        return int(self.table.image_ids[i])
+
+    def declared_size(self, i: int) -> tuple[int, int] | None:
+        """``(h, w)`` of image i as the annotations state it, ``None`` when they do not."""
+        h, w = int(self.table.sizes[i, 0]), int(self.table.sizes[i, 1])
+        return (h, w) if h and w else None
+
+    def load(self, i: int, bgr: bool = False) -> Sample:
+        """Decode image i and return it with its labels in its pixel frame (``bgr``: see ``read_image``).
+
+        Raises:
+            ImageReadError: missing/undecodable image, or a size that contradicts the annotations.
+        """
+        declared = (int(self.table.sizes[i, 0]), int(self.table.sizes[i, 1]))
+        image = read_image(self.image_path(i), declared, bgr)
+        h, w = image.shape[:2]
+        boxes, keypoints, classes, crowd = self.table.labels(i)
+        if self.normalized:
+            boxes *= np.array([w, h, w, h], np.float32)
+            crowd *= np.array([w, h, w, h], np.float32)
+            keypoints[..., :2] *= np.array([w, h], np.float32)
+        return Sample(image=image, boxes=boxes, keypoints=keypoints, classes=classes, crowd_boxes=crowd,
+                      image_id=self.image_id(i), orig_size=(h, w))
+
+    def image_sizes(self) -> np.ndarray:
+        """``(I, 2)`` ``(h, w)`` of every image: declared where known, otherwise decoded once and cached."""
+        sizes = self.table.sizes.copy()
+        for i in np.flatnonzero((sizes == 0).any(axis=1)).tolist():
+            if i not in self._measured:
+                self._measured[i] = read_image(self.image_path(i)).shape[:2]
+            sizes[i] = self._measured[i]
+        return sizes
+
+    def coco_gt(self) -> dict:
+        """pycocotools ground truth in original image pixels (``images``, ``annotations``, ``categories``)."""
+        sizes = self.image_sizes()
+        table = self.table.to_pixels(sizes) if self.normalized else self.table
+        return table.coco_gt(self.info, sizes)
