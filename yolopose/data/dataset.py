@@ -1,0 +1,177 @@
+"""Torch datasets over a reader (training with augmentation, validation with letterbox), the collate
+function and the per-worker seeding.
+
+Randomness: each dataset draws from its own ``numpy.random.Generator``. ``worker_init_fn`` seeds it in
+every DataLoader worker from the worker's torch seed and the distributed rank, so a run seeded with
+``pl.seed_everything`` is reproducible and ranks/workers draw different streams; without workers it is
+seeded lazily from ``torch.initial_seed()``.
+
+Unreadable images: in training an item whose image (or any mosaic tile) cannot be read is logged on the
+``yolopose.data`` logger and replaced by an item built from another random index; the replacements are
+counted in ``Item.num_skipped`` and summed per batch. In validation the image keeps its slot (so every
+image id reaches the evaluation): a grey image without labels is returned and counted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from yolopose.data.augment import AugmentConfig, TrainAugment
+from yolopose.data.image_io import ImageReadError
+from yolopose.data.reader import LabelledImages
+from yolopose.data.sample import Sample, empty_labels
+from yolopose.data.transforms import FILL_VALUE, Item, letterbox
+
+log = logging.getLogger("yolopose.data")
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+class _Seeded(Dataset):
+    rng: np.random.Generator | None = None
+
+    def seed(self, seed: int | Sequence[int]) -> None:
+        """Restart this dataset's random stream from ``seed``."""
+        self.rng = np.random.default_rng(seed)
+
+    def _rng(self) -> np.random.Generator:
+        if self.rng is None:
+            self.seed([torch.initial_seed(), _rank()])
+        return self.rng
+
+
+class TrainDataset(_Seeded):
+    """Augmented training items (mosaic, affine, HSV, flip) of ``size x size``.
+
+    Args:
+        reader: the split.
+        size: output side S.
+        cfg: augmentation strengths.
+        max_retries: consecutive unreadable images tolerated for one item before giving up.
+    """
+
+    def __init__(self, reader: LabelledImages, size: int, cfg: AugmentConfig, max_retries: int = 16) -> None:
+        self.reader = reader
+        self.augment = TrainAugment(size, cfg, reader.info.flip_index)
+        self.cfg = cfg
+        self.max_retries = max_retries
+        self._sizes: dict[int, tuple[int, int]] = {}  # decoded sizes of images the labels do not size
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Item:
+        rng = self._rng()
+        skipped = 0
+        while True:
+            try:
+                item = self._build(int(index), rng)
+                item.num_skipped = skipped
+                return item
+            except ImageReadError as e:
+                skipped += 1
+                if skipped > self.max_retries:
+                    raise ImageReadError(f"{skipped} images in a row could not be read; last: {e}") from e
+                log.warning("skipping unreadable training image: %s", e)
+                index = int(rng.integers(len(self)))
+
+    def _size(self, i: int) -> tuple[int, int] | None:
+        return self.reader.declared_size(i) or self._sizes.get(i)
+
+    def _load(self, i: int) -> Sample:
+        sample = self.reader.load(i, bgr=True)  # TrainAugment converts to RGB once, on the output
+        self._sizes[i] = sample.image.shape[:2]
+        return sample
+
+    def _build(self, index: int, rng: np.random.Generator) -> Item:
+        indices = [index]
+        if rng.random() < self.cfg.mosaic:
+            indices += rng.integers(0, len(self), 3).tolist()
+        sizes = [self._size(i) for i in indices]
+        if all(sizes):
+            plan = self.augment.plan(rng, sizes)
+            needed = self.augment.needed(plan, sizes)
+            needed[0] = True  # the first image provides the meta
+            samples = [self._load(i) if need else None for i, need in zip(indices, needed)]
+        else:
+            samples = [self._load(i) for i in indices]
+            plan = self.augment.plan(rng, [s.image.shape[:2] for s in samples])
+        return self.augment.apply(plan, samples, bgr=True)
+
+
+class ValDataset(_Seeded):
+    """Letterboxed validation items of ``size x size`` with the meta to map predictions back."""
+
+    def __init__(self, reader: LabelledImages, size: int) -> None:
+        self.reader = reader
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Item:
+        try:
+            return letterbox(self.reader.load(index), self.size)
+        except ImageReadError as e:
+            log.error("validation image unreadable, evaluated as a blank image: %s", e)
+            h, w = self.reader.declared_size(index) or (self.size, self.size)
+            boxes, keypoints, classes, crowd = empty_labels(self.reader.info.num_keypoints)
+            blank = Sample(np.full((h, w, 3), FILL_VALUE, np.uint8), boxes, keypoints, classes, crowd,
+                           self.reader.image_id(index), (h, w))
+            item = letterbox(blank, self.size)
+            item.num_skipped = 1
+            return item
+
+
+def collate(items: list[Item]) -> dict:
+    """Batch B items of S x S with K keypoints.
+
+    Returns:
+        ``images`` uint8 ``(B, 3, S, S)``; ``targets`` float32 ``(T, 6 + 3K)`` rows ``[batch_idx, cls, cx, cy,
+        w, h, x1, y1, v1, ...]`` in input pixels; ``ignore`` float32 ``(M, 5)`` rows ``[batch_idx, x1, y1,
+        x2, y2]``; ``meta`` list of B dicts; ``num_skipped`` int.
+    """
+    b, (s, _, _) = len(items), items[0].image.shape
+    k = items[0].keypoints.shape[1]
+    images = torch.empty((b, 3, s, s), dtype=torch.uint8)
+    targets, ignore = [], []
+    for i, it in enumerate(items):
+        cv2.split(it.image, list(images[i].numpy()))  # HWC -> CHW straight into the batch (5x torch's copy)
+        n = len(it.boxes)
+        bx = it.boxes
+        cxcywh = np.concatenate([(bx[:, :2] + bx[:, 2:]) / 2, bx[:, 2:] - bx[:, :2]], axis=1)
+        targets.append(np.concatenate([np.full((n, 1), i), it.classes[:, None], cxcywh,
+                                       it.keypoints.reshape(n, 3 * k)], axis=1))
+        ignore.append(np.concatenate([np.full((len(it.crowd_boxes), 1), i), it.crowd_boxes], axis=1))
+    return {"images": images,
+            "targets": torch.from_numpy(np.concatenate(targets).astype(np.float32).reshape(-1, 6 + 3 * k)),
+            "ignore": torch.from_numpy(np.concatenate(ignore).astype(np.float32).reshape(-1, 5)),
+            "meta": [it.meta for it in items],
+            "num_skipped": sum(it.num_skipped for it in items)}
+
+
+def single_thread_opencv() -> None:
+    """Make OpenCV run single-threaded in this process, and so in the DataLoader workers it forks.
+
+    Call it in the parent before workers start. Measured here with OpenCV 5.0: once the parent has used
+    OpenCV's thread pool (e.g. while generating the synthetic dataset), ``cv2.setNumThreads`` called in a
+    forked child deadlocks, so a worker must never call it; set in the parent, children inherit it.
+    """
+    cv2.setNumThreads(1)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader hook: a distinct, reproducible random stream per worker and rank."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, _Seeded):
+        info.dataset.seed([info.seed, _rank()])
