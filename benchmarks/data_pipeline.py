@@ -1,0 +1,135 @@
+"""Data pipeline throughput in ONE process (no DataLoader workers): images/second of the full training
+pipeline (mosaic + affine + HSV + flip + collate, S x S output) and of the validation pipeline
+(letterbox + collate), next to the JPEG-decode-only rate of the same files measured in the same run.
+
+By default it writes COCO-sized JPEGs (640x480, 640x427, 480x640) with natural-image-like texture and
+random persons into a temp dir; ``--images DIR --ann FILE`` measures a real COCO keypoints split.
+Numbers are per core unless ``--threads`` says otherwise (OpenCV and torch are pinned to it).
+
+    python benchmarks/data_pipeline.py [--profile] [--size 640] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import torch
+
+from yolopose.data.augment import AugmentConfig
+from yolopose.data.coco import CocoKeypoints
+from yolopose.data.coco_person import coco_person_category
+from yolopose.data.dataset import TrainDataset, ValDataset, collate
+
+SHAPES = ((480, 640), (480, 640), (480, 640), (427, 640), (640, 480))
+
+
+def natural_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Multi-octave smooth noise plus grain: decodes about as fast as a typical COCO photo."""
+    img = np.full((h, w, 3), 120, np.float32)
+    for octave, amp in ((4, 80), (16, 50), (64, 30), (256, 18)):
+        small = rng.normal(0, 1, (max(2, h * octave // 640), max(2, w * octave // 640), 3)).astype(np.float32)
+        img += amp * cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 4, (h, w, 3)).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
+    """``count`` JPEGs (quality 90) + a COCO keypoints JSON with 1-6 random persons per image."""
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        h, w = SHAPES[i % len(SHAPES)]
+        cv2.imwrite(str(root / "images" / f"{i:06d}.jpg"), natural_image(rng, h, w), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        images.append({"id": i + 1, "file_name": f"{i:06d}.jpg", "height": h, "width": w})
+        for _ in range(int(rng.integers(1, 7))):
+            bw, bh = rng.uniform(20, w / 2), rng.uniform(40, h * 0.9)
+            x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+            kp = np.stack([rng.uniform(x, x + bw, 17), rng.uniform(y, y + bh, 17), rng.integers(0, 3, 17)], 1)
+            kp[kp[:, 2] == 0, :2] = 0
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                                "bbox": [x, y, bw, bh], "keypoints": kp.reshape(-1).round(2).tolist()})
+    ann = root / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [coco_person_category()]}))
+    return ann, root / "images"
+
+
+def rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
+    """Median images/second of ``fn`` (which returns how many images it processed) after one warm-up."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates), rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, help="image folder of a real COCO keypoints split")
+    parser.add_argument("--ann", type=Path, help="its annotation JSON")
+    parser.add_argument("--count", type=int, default=64, help="generated images (default 64)")
+    parser.add_argument("--items", type=int, default=96, help="items per timed pass (default 96)")
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="OpenCV/torch threads (default 1: per core)")
+    parser.add_argument("--profile", action="store_true", help="cProfile one training pass")
+    args = parser.parse_args()
+    cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ann, image_dir = (args.ann, args.images) if args.ann else write_dataset(Path(tmp), args.count)
+        reader = CocoKeypoints(ann, image_dir)
+        n = args.items
+        files = [reader.image_path(i % len(reader)) for i in range(n)]
+        train = TrainDataset(reader, args.size, AugmentConfig())
+        train.seed(0)
+        val = ValDataset(reader, args.size)
+
+        def decode() -> int:
+            for f in files:
+                cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_COLOR)
+            return len(files)
+
+        def batches(ds: TrainDataset | ValDataset) -> Callable[[], int]:
+            def run() -> int:
+                for start in range(0, n, args.batch):
+                    collate([ds[i % len(ds)] for i in range(start, min(start + args.batch, n))])
+                return n
+            return run
+
+        results = [("JPEG decode only (reference)", rate(decode, args.repeats)),
+                   ("train: mosaic+affine+HSV+flip", rate(batches(train), args.repeats)),
+                   ("val: letterbox", rate(batches(val), args.repeats))]
+        source = f"{args.ann}" if args.ann else f"{args.count} generated COCO-sized JPEGs"
+        print(f"\n{source}, output {args.size}x{args.size}, batch {args.batch}, {args.threads} thread(s), "
+              f"median of {args.repeats} x {n} images")
+        print(f"{'pipeline':34s} {'img/s':>8s} {'ms/img':>8s} {'spread img/s':>16s}")
+        for name, (median, all_rates) in results:
+            print(f"{name:34s} {median:8.1f} {1000 / median:8.2f} {min(all_rates):7.1f}-{max(all_rates):<7.1f}")
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.runcall(batches(train))
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
+            print("\ncProfile of one training pass (tottime):")
+            lines = out.getvalue().splitlines()
+            start = next(i for i, line in enumerate(lines) if "ncalls" in line)
+            print("\n".join(lines[start:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""``PoseDataModule``: train/val datasets and loaders for COCO keypoints, YOLO-pose txt or the synthetic set.
+
+Every split is parsed and validated in ``__init__``, so a bad annotation file, a missing folder or a
+K that disagrees between splits stops the CLI with a clear message before any model is built. The
+dataset facts the model needs (``num_keypoints``, ``num_classes``, ``sigmas``, ``keypoint_names``,
+``skeleton``, ``category_ids``) are plain attributes read from the data, and ``train.py`` links them
+into the model: K is never typed twice.
+
+Sources (``format``):
+- ``coco``: ``train_ann`` + ``train_images``, ``val_ann`` + ``val_images`` (COCO keypoints JSON + folder);
+- ``yolo``: ``yaml`` (an Ultralytics-style pose data YAML with ``train`` and ``val`` entries);
+- ``synthetic``: the built-in stick-figure people, generated once into a cache (``synthetic`` settings).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from yolopose.data.augment import AugmentConfig
+from yolopose.data.coco import CocoKeypoints
+from yolopose.data.dataset import TrainDataset, ValDataset, collate, single_thread_opencv, worker_init_fn
+from yolopose.data.reader import LabelledImages
+from yolopose.data.sample import DatasetError
+from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
+from yolopose.data.yolo_txt import YoloPoseTxt
+
+
+class PoseDataModule(pl.LightningDataModule):
+    """Keypoint data for ``PoseModule``.
+
+    Args:
+        format: ``coco``, ``yolo`` or ``synthetic`` (see the module docstring).
+        train_ann, train_images, val_ann, val_images: COCO JSON files and their image folders.
+        yaml: YOLO-pose data YAML (``format: yolo``).
+        synthetic: what to generate for ``format: synthetic`` (defaults: ``SyntheticConfig()``).
+        image_size: square network input side S (a multiple of the model's largest stride, 64 for P3-P6).
+        batch_size: images per batch (per device under DDP).
+        num_workers: DataLoader worker processes.
+        flip_index: mirror partner of each keypoint (default: from left/right in the names or the YAML).
+        sigmas: per-keypoint OKS sigmas (default: COCO's for a 17-keypoint person, else uniform).
+        mosaic, degrees, translate, scale, shear, hsv_h, hsv_s, hsv_v, fliplr: augmentation strengths
+            (see ``AugmentConfig``); ``flip_swap: false`` flips without the left/right swap (ablation only).
+        val_batch_size: validation batch size (default: ``batch_size``).
+    """
+
+    def __init__(
+        self,
+        format: Literal["coco", "yolo", "synthetic"] = "coco",
+        train_ann: str | None = None,
+        train_images: str | None = None,
+        val_ann: str | None = None,
+        val_images: str | None = None,
+        yaml: str | None = None,
+        synthetic: SyntheticConfig | None = None,
+        image_size: int = 640,
+        batch_size: int = 16,
+        num_workers: int = 4,
+        flip_index: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        mosaic: float = 1.0,
+        degrees: float = 0.0,
+        translate: float = 0.1,
+        scale: tuple[float, float] = (0.5, 1.5),
+        shear: float = 0.0,
+        hsv_h: float = 0.015,
+        hsv_s: float = 0.7,
+        hsv_v: float = 0.4,
+        fliplr: float = 0.5,
+        flip_swap: bool = True,
+        val_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if image_size <= 0 or image_size % 64:
+            raise DatasetError(f"data.image_size must be a positive multiple of 64 (the P6 stride), got {image_size}")
+        if batch_size < 1 or num_workers < 0:
+            raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
+        self.format = format
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.val_batch_size = val_batch_size or batch_size
+        self.augment = AugmentConfig(mosaic=mosaic, degrees=degrees, translate=translate, scale=tuple(scale),
+                                     shear=shear, hsv_h=hsv_h, hsv_s=hsv_s, hsv_v=hsv_v, fliplr=fliplr,
+                                     flip_swap=flip_swap)
+        self.train_split, self.val_split = self._read_splits(format, train_ann, train_images, val_ann, val_images,
+                                                             yaml, synthetic, flip_index, sigmas)
+        info = self.train_split.info
+        other = self.val_split.info
+        if (other.num_keypoints, other.category_ids) != (info.num_keypoints, info.category_ids):
+            raise DatasetError(f"{self.val_split.source}: K={other.num_keypoints}, categories {other.category_ids} "
+                               f"but {self.train_split.source} has K={info.num_keypoints}, categories "
+                               f"{info.category_ids}: train and val must share the keypoint definition")
+        self.info = info
+        self.num_keypoints = info.num_keypoints
+        self.num_classes = info.num_classes
+        self.sigmas = list(info.sigmas)
+        self.keypoint_names = list(info.keypoint_names)
+        self.skeleton = [tuple(p) for p in info.skeleton]
+        self.category_ids = list(info.category_ids)
+        self._val_gt: dict | None = None
+
+    @staticmethod
+    def _read_splits(format: str, train_ann: str | None, train_images: str | None, val_ann: str | None,
+                     val_images: str | None, yaml: str | None, synthetic: SyntheticConfig | None,
+                     flip_index: list[int] | None,
+                     sigmas: list[float] | None) -> tuple[LabelledImages, LabelledImages]:
+        """Parse and validate both splits (``DatasetError`` on any problem)."""
+        if format == "yolo":
+            if not yaml:
+                raise DatasetError("data.format is 'yolo' but data.yaml (the dataset YAML) is not set")
+            return (YoloPoseTxt(yaml, "train", flip_index, sigmas), YoloPoseTxt(yaml, "val", flip_index, sigmas))
+        if format == "synthetic":
+            paths = ensure_synthetic_dataset(synthetic or SyntheticConfig())
+            train_ann, train_images = str(paths.train_ann), str(paths.train_images)
+            val_ann, val_images = str(paths.val_ann), str(paths.val_images)
+        elif format != "coco":
+            raise DatasetError(f"data.format must be 'coco', 'yolo' or 'synthetic', got {format!r}")
+        missing = [name for name, value in (("data.train_ann", train_ann), ("data.train_images", train_images),
+                                            ("data.val_ann", val_ann), ("data.val_images", val_images)) if not value]
+        if missing:
+            raise DatasetError(f"data.format is 'coco' but {', '.join(missing)} not set")
+        return (CocoKeypoints(train_ann, train_images, flip_index, sigmas),
+                CocoKeypoints(val_ann, val_images, flip_index, sigmas))
+
+    # ------------------------------------------------------------------ datasets and loaders
+    def train_dataset(self) -> TrainDataset:
+        return TrainDataset(self.train_split, self.image_size, self.augment)
+
+    def val_dataset(self) -> ValDataset:
+        return ValDataset(self.val_split, self.image_size)
+
+    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if self.num_workers > 0:
+            single_thread_opencv()  # one OpenCV thread per worker process; safe only when set before forking
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate, worker_init_fn=worker_init_fn, drop_last=False,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset(), self.val_batch_size, shuffle=False)
+
+    def val_coco_gt(self) -> dict:
+        """pycocotools ground truth of the validation split, in original image pixels (built once)."""
+        if self._val_gt is None:
+            self._val_gt = self.val_split.coco_gt()
+        return self._val_gt
