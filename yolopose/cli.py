@@ -1,7 +1,9 @@
 """The ``train.py`` command line: LightningCLI with yolopose's links, checkpoints and checks."""
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -25,9 +27,28 @@ class ConfigError(ValueError):
 
 
 def find_last_checkpoint(root: Path) -> Path | None:
-    """The newest ``last*.ckpt`` below ``root`` (``<root>/<name>/version_N/checkpoints/last.ckpt``)."""
-    found = sorted(root.glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    """The newest ``<root>/<logger name>/version_N/checkpoints/last*.ckpt`` (only that layout is searched,
+    so a ``default_root_dir`` that also holds a dataset is not crawled)."""
+    found = sorted(root.glob("*/version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertising lines ("Tip: ... try installing ...") from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def quiet_lightning() -> None:
+    """Silence messages that are expected with yolopose and only confuse a newcomer."""
+    # The EMA copy lives in eval mode on purpose (BatchNorm uses its averaged statistics).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    # main() passes the arguments explicitly (the demo has none), which LightningCLI warns about.
+    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
 
 
 class PoseCLI(LightningCLI):
@@ -85,6 +106,7 @@ class PoseCLI(LightningCLI):
         self._check_checkpoint()
 
     def after_fit(self) -> None:
+        log_dir = self.trainer.log_dir  # a collective (broadcast): every rank must ask
         if not self.trainer.is_global_zero:
             return
         best = self.trainer.checkpoint_callback
@@ -95,13 +117,14 @@ class PoseCLI(LightningCLI):
         if self.model.last_metrics:
             lines.append(f"last validation: kpt_AP = {self.model.last_metrics['kpt_AP']:.4f}, "
                          f"box_AP = {self.model.last_metrics['box_AP']:.4f}")
-        lines.append(f"TensorBoard: tensorboard --logdir {self.trainer.log_dir}")
+        lines.append(f"TensorBoard: tensorboard --logdir {log_dir}")
         print("\n".join(lines), flush=True)
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``train.py``; with no arguments at all, runs the synthetic CPU demo."""
     args = sys.argv[1:] if args is None else args
+    quiet_lightning()
     if not args:
         args = ["fit", "--config", str(DEMO_CONFIG)]
         print(f"no arguments: running the synthetic demo ({DEMO_CONFIG.name}); see README.md for real data",

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 
 from yolopose.ema import ModelEMA
 from yolopose.evaluation import CocoEvaluator, detections_to_records, format_table, gather_records
@@ -193,9 +194,22 @@ class PoseModule(pl.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val_records, self._val_ids = [], []
+        self._sync_ema_from_rank_zero()
         if self._evaluator is None:
             dm = self.trainer.datamodule
             self._evaluator = CocoEvaluator(dm.val_coco_gt(), self.sigmas)
+
+    def _sync_ema_from_rank_zero(self) -> None:
+        """Give every DDP rank rank 0's EMA weights and BatchNorm statistics before evaluating.
+
+        Each rank updates its EMA from its own model, whose BatchNorm running statistics come from its own
+        batches, so the ranks' EMA copies drift apart by a little; rank 0's copy is the one checkpoints
+        save, so it is the one every rank must evaluate.
+        """
+        if self.ema is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        for tensor in self.ema.module.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         images = self.to_input(batch["images"])
@@ -215,18 +229,19 @@ class PoseModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         records, ids = gather_records(self._val_records, self._val_ids)
+        # Every rank must ask for log_dir: the property is itself a collective (a broadcast).
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         metrics: dict[str, float] = {}
         if self.trainer.is_global_zero:
             metrics = self._evaluator.evaluate(records, ids)
             if not self.trainer.sanity_checking:
-                self._write_outputs(records, metrics, len(ids))
+                self._write_outputs(out_dir, records, metrics, len(ids))
         metrics = self.trainer.strategy.broadcast(metrics, src=0)
         self.last_metrics = metrics
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)
 
-    def _write_outputs(self, records: list[dict], metrics: dict[str, float], n_images: int) -> None:
-        """predictions.json + metrics.json in the run's log directory; the AP table on stdout."""
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+    def _write_outputs(self, out: Path, records: list[dict], metrics: dict[str, float], n_images: int) -> None:
+        """predictions.json + metrics.json in the run's log directory ``out``; the AP table on stdout."""
         out.mkdir(parents=True, exist_ok=True)
         (out / "predictions.json").write_text(json.dumps(records))
         summary = {"epoch": self.current_epoch, "global_step": self.global_step, "images": n_images, **metrics}
