@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -141,7 +142,8 @@ def parse_coco(ann_file: Path | str, image_dir: Path | str, flip_index: Sequence
         raise DatasetError(f"{source}: the split is empty ('images' has no entries)")
     index_of = {im: n for n, im in enumerate(ids)}
     class_of = {cid: c for c, cid in enumerate(info.category_ids)}
-    known_cats = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    known_cats = {c.get("id") for c in data["categories"]
+                  if isinstance(c, dict) and isinstance(c.get("id"), Hashable)}
     rows: list[tuple[int, int, int, bool]] = []  # (ann id, image index, class, crowd)
     bboxes, kpts, areas, counts = [], [], [], []
     skipped = 0
@@ -149,11 +151,11 @@ def parse_coco(ann_file: Path | str, image_dir: Path | str, flip_index: Sequence
         if not isinstance(a, dict):
             raise DatasetError(f"{source}: annotations[{n}] is not an object")
         aid = a.get("id", n + 1)
-        if a.get("image_id") not in index_of:
+        if not isinstance(a.get("image_id"), Hashable) or a["image_id"] not in index_of:  # a list: no TypeError
             raise DatasetError(f"{source}: annotation id {aid}: image_id {a.get('image_id')!r} is not in 'images'")
         cat = a.get("category_id")
-        if cat not in class_of:
-            if cat not in known_cats:
+        if not isinstance(cat, Hashable) or cat not in class_of:
+            if not isinstance(cat, Hashable) or cat not in known_cats:
                 raise DatasetError(f"{source}: annotation id {aid}: category_id {cat!r} is not in 'categories'")
             skipped += 1
             continue

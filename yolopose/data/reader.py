@@ -5,13 +5,16 @@ pycocotools ground truth live here, so both formats behave identically.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from yolopose.data.image_io import read_image
+from yolopose.data.image_io import ImageReadError, read_image
 from yolopose.data.sample import DatasetInfo, Sample
 from yolopose.data.table import LabelTable
+
+log = logging.getLogger("yolopose.data")
 
 
 class LabelledImages:
@@ -63,11 +66,19 @@ class LabelledImages:
                       image_id=self.image_id(i), orig_size=(h, w))
 
     def image_sizes(self) -> np.ndarray:
-        """``(I, 2)`` ``(h, w)`` of every image: declared where known, otherwise decoded once and cached."""
+        """``(I, 2)`` ``(h, w)`` of every image: declared where known, otherwise decoded once and cached.
+
+        An image that cannot be read gets ``(0, 0)`` (logged, as ``ValDataset`` logs and counts it), so a
+        missing validation image costs its ground truth, not the run.
+        """
         sizes = self.table.sizes.copy()
         for i in np.flatnonzero((sizes == 0).any(axis=1)).tolist():
             if i not in self._measured:
-                self._measured[i] = read_image(self.image_path(i)).shape[:2]
+                try:
+                    self._measured[i] = read_image(self.image_path(i)).shape[:2]
+                except ImageReadError as e:
+                    log.error("image size unknown, its ground truth has no extent: %s", e)
+                    self._measured[i] = (0, 0)
             sizes[i] = self._measured[i]
         return sizes
 
