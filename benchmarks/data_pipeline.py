@@ -14,6 +14,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import statistics
 import tempfile
@@ -64,15 +65,18 @@ def write_dataset(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     return ann, root / "images"
 
 
-def rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
-    """Median images/second of ``fn`` (which returns how many images it processed) after one warm-up."""
+def rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float], float]:
+    """Median images/second of ``fn`` (which returns how many images it processed) after one warm-up:
+    ``(median wall rate, all wall rates, median CPU-time rate)``. On a shared machine the CPU-time rate
+    (this process's CPU seconds) is the steadier per-core figure; the wall rate is what a job sees."""
     fn()
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         n = fn()
         rates.append(n / (time.perf_counter() - t))
-    return statistics.median(rates), rates
+        cpu_rates.append(n / (time.process_time() - c))
+    return statistics.median(rates), rates, statistics.median(cpu_rates)
 
 
 def main() -> None:
@@ -111,15 +115,18 @@ def main() -> None:
                 return n
             return run
 
+        load_before = os.getloadavg()[0]
         results = [("JPEG decode only (reference)", rate(decode, args.repeats)),
                    ("train: mosaic+affine+HSV+flip", rate(batches(train), args.repeats)),
                    ("val: letterbox", rate(batches(val), args.repeats))]
         source = f"{args.ann}" if args.ann else f"{args.count} generated COCO-sized JPEGs"
         print(f"\n{source}, output {args.size}x{args.size}, batch {args.batch}, {args.threads} thread(s), "
-              f"median of {args.repeats} x {n} images")
-        print(f"{'pipeline':34s} {'img/s':>8s} {'ms/img':>8s} {'spread img/s':>16s}")
-        for name, (median, all_rates) in results:
-            print(f"{name:34s} {median:8.1f} {1000 / median:8.2f} {min(all_rates):7.1f}-{max(all_rates):<7.1f}")
+              f"median of {args.repeats} x {n} images; load average {load_before:.2f} before, "
+              f"{os.getloadavg()[0]:.2f} after (this run adds ~1; more: other work shared the cores)")
+        print(f"{'pipeline':34s} {'img/s':>8s} {'ms/img':>8s} {'spread img/s':>16s} {'CPU img/s':>10s}")
+        for name, (median, all_rates, cpu) in results:
+            print(f"{name:34s} {median:8.1f} {1000 / median:8.2f} {min(all_rates):7.1f}-{max(all_rates):<7.1f}  "
+                  f"{cpu:9.1f}")
         if args.profile:
             prof = cProfile.Profile()
             prof.runcall(batches(train))

@@ -135,5 +135,5 @@ class TrainAugment:
             keypoints = swap_left_right(keypoints, self.flip_index)
         first, m = parts[0]
         meta = {"image_id": first.image_id, "orig_size": first.orig_size,
-                "scale": float(math.sqrt(abs(np.linalg.det(m[:2, :2])))), "pad": (float(m[0, 2]), float(m[1, 2]))}
+                "scale": math.sqrt(abs(m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0])), "pad": (float(m[0, 2]), float(m[1, 2]))}
         return Item(image, boxes, keypoints, classes, crowd, meta)

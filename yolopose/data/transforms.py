@@ -132,14 +132,16 @@ def _paste_scaled(out: np.ndarray, image: np.ndarray, m: np.ndarray) -> np.ndarr
     if round((sx1 - sx0) * abs(a)) < 1 or round((sy1 - sy0) * d) < 1:
         return m
     crop = cv2.resize(image[sy0:sy1, sx0:sx1], None, fx=abs(a), fy=d, interpolation=cv2.INTER_LINEAR)
-    if a < 0:  # the crop's source start is its right end in the output
-        crop = cv2.flip(crop, 1)
     ch, cw = crop.shape[:2]
     x0 = round(qx) - (cw if a < 0 else 0)
     y0 = round(qy)
     ox0, oy0, ox1, oy1 = max(x0, 0), max(y0, 0), min(x0 + cw, size), min(y0 + ch, size)
     if ox1 > ox0 and oy1 > oy0:
-        out[oy0:oy1, ox0:ox1] = crop[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+        rows = slice(oy0 - y0, oy1 - y0)
+        if a < 0:  # the crop's source start is its right end in the output: mirror its visible part into place
+            cv2.flip(crop[rows, x0 + cw - ox1:x0 + cw - ox0], 1, dst=out[oy0:oy1, ox0:ox1])
+        else:
+            out[oy0:oy1, ox0:ox1] = crop[rows, ox0 - x0:ox1 - x0]
     return m
 
 
@@ -156,12 +158,16 @@ def hsv_jitter(image: np.ndarray, gains: np.ndarray, bgr: bool = False) -> np.nd
 
 # --------------------------------------------------------------------------- labels
 def warp_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """``(N, 4)`` xyxy -> bounding boxes of the 4 transformed corners, ``(N, 4)``."""
-    x1, y1, x2, y2 = boxes.T
-    corners = np.stack([np.stack([x1, y1], -1), np.stack([x2, y1], -1),
-                        np.stack([x1, y2], -1), np.stack([x2, y2], -1)], axis=1)  # (N, 4, 2)
-    c = apply_points(m, corners)
-    return np.concatenate([c.min(1), c.max(1)], axis=1).astype(np.float32)
+    """``(N, 4)`` xyxy -> bounding boxes of the 4 transformed corners, ``(N, 4)`` float32."""
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32)
+    x = boxes[:, [0, 2, 0, 2]].astype(np.float64)  # (N, 4) corner x: x1 x2 x1 x2
+    y = boxes[:, [1, 1, 3, 3]].astype(np.float64)  # corner y: y1 y1 y2 y2
+    cx = x * m[0, 0] + y * m[0, 1] + m[0, 2]
+    cy = x * m[1, 0] + y * m[1, 1] + m[1, 2]
+    out = np.empty((len(boxes), 4), np.float32)
+    out[:, 0], out[:, 1], out[:, 2], out[:, 3] = cx.min(1), cy.min(1), cx.max(1), cy.max(1)
+    return out
 
 
 def warp_keypoints(keypoints: np.ndarray, m: np.ndarray) -> np.ndarray:
