@@ -13,29 +13,64 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from yolopose.geometry import box_iou
+
+NMS_BLOCK = 64
+"""Boxes ``nms`` resolves per vectorised step (see there)."""
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def _pair_iou(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, area: np.ndarray, a: np.ndarray,
+              b: np.ndarray) -> np.ndarray:
+    """IoU ``(len(a), len(b))`` of the boxes indexed by ``a`` and ``b``, computed with exactly the operations,
+    in the same order, of ``geometry.box_iou`` (so the same pairs cross the threshold)."""
+    w = np.clip(np.minimum(x2[a, None], x2[None, b]) - np.maximum(x1[a, None], x1[None, b]), 0, None)
+    h = np.clip(np.minimum(y2[a, None], y2[None, b]) - np.maximum(y1[a, None], y1[None, b]), 0, None)
+    inter = w * h
+    return inter / np.maximum(area[a, None] + area[None, b] - inter, area.dtype.type(1e-9))
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+        max_keep: int | None = None) -> torch.Tensor:
     """Greedy non-maximum suppression.
 
     Args:
         boxes: ``(N, 4)`` xyxy.
         scores: ``(N,)``.
         iou_threshold: a box is suppressed by a higher-scoring kept box when their IoU is ``> iou_threshold``.
+        max_keep: stop once this many boxes are kept (the result is then the first ``max_keep`` of the
+            full result); ``None`` keeps going.
     Returns:
         ``(M,)`` long indices of the kept boxes, by decreasing score (ties: lower index first).
     """
     order = torch.sort(scores, descending=True, stable=True).indices
-    b = boxes[order]
-    # over[i, j]: box i (higher score) would suppress box j. One greedy pass over the rows on the
-    # host: O(N) cheap numpy steps once the O(N^2) overlap test is done in one tensor op.
-    over = torch.triu(box_iou(b, b) > iou_threshold, diagonal=1).cpu().numpy()
-    keep = np.ones(len(b), dtype=bool)
-    for i in range(len(b)):
-        if keep[i]:
-            keep &= ~over[i]
-    return order[torch.from_numpy(keep).to(order.device)]
+    if order.numel() == 0:
+        return order
+    b = boxes[order].detach()
+    b = (b if b.dtype in (torch.float16, torch.float32, torch.float64) else b.float()).cpu().numpy()
+    x1, y1, x2, y2 = (np.ascontiguousarray(b[:, i]) for i in range(4))
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    limit = len(b) if max_keep is None else max_keep
+    # Greedy on the host, a block of the best remaining boxes at a time: the greedy pass inside the block
+    # uses its small IoU matrix, then the block's kept boxes remove what they overlap from the rest in one
+    # vectorised step. The cost follows the boxes actually examined, not N^2: the all-pairs IoU matrix
+    # this replaces made decode + NMS of 100 separated people ~20x slower than of one.
+    rest = np.arange(len(b))
+    keep: list[int] = []
+    while rest.size and len(keep) < limit:
+        block, rest = rest[:NMS_BLOCK], rest[NMS_BLOCK:]
+        over = _pair_iou(x1, y1, x2, y2, area, block, block) > iou_threshold
+        alive = np.ones(len(block), dtype=bool)
+        kept: list[int] = []
+        for j in range(len(block)):
+            if alive[j]:
+                kept.append(j)
+                if len(keep) + len(kept) == limit:
+                    break
+                alive &= ~over[j]
+        winners = block[kept]
+        keep.extend(winners.tolist())
+        if rest.size and len(keep) < limit:
+            rest = rest[~(_pair_iou(x1, y1, x2, y2, area, winners, rest) > iou_threshold).any(0)]
+    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 
 @torch.library.custom_op("yolopose::nms", mutates_args=())
@@ -56,7 +91,7 @@ def nms_op(boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_th
     for bi in range(boxes.shape[0]):
         for ci in range(scores.shape[1]):
             cand = (scores[bi, ci] > score_threshold).nonzero().squeeze(1)
-            kept = cand[nms(boxes[bi, cand], scores[bi, ci, cand], iou_threshold)][:max_per_class]
+            kept = cand[nms(boxes[bi, cand], scores[bi, ci, cand], iou_threshold, max_per_class)]
             rows.append(torch.stack((torch.full_like(kept, bi), torch.full_like(kept, ci), kept), 1))
     if not rows:
         return torch.zeros((0, 3), dtype=torch.int64, device=boxes.device)
@@ -113,16 +148,20 @@ def select_detections(decoded: torch.Tensor, num_classes: int, conf_threshold: f
     bsz, n, dim = decoded.shape
     c = num_classes
     k_kpt = (dim - 5 - c) // 3
-    # With one class the class logit is never trained (no class loss): the score is objectness alone.
-    obj = decoded[..., 4:5]
-    cls_scores = obj if c == 1 else decoded[..., 5:5 + c] * obj                # (B, N, C)
-    best, label = cls_scores.max(-1)                                           # (B, N)
     k = min(top_k, n)
-    best, idx = best.topk(k, dim=1)                                            # (B, k)
-    cand = decoded.gather(1, idx[..., None].expand(-1, -1, dim))               # (B, k, dim)
-    label = label.gather(1, idx)
+    # With one class the class logit is never trained (no class loss): the score is objectness alone.
+    if c == 1:
+        best, idx = decoded[..., 4].topk(k, dim=1)                             # (B, k)
+    else:
+        best, label = (decoded[..., 5:5 + c] * decoded[..., 4:5]).max(-1)     # (B, N)
+        best, idx = best.topk(k, dim=1)                                        # (B, k)
+    cand = decoded.gather(1, idx[..., None].expand(bsz, k, dim))               # (B, k, dim)
     # One score row per class, zero outside each box's own class: class-aware NMS, one label per box.
-    per_class = best[:, None, :] * (label[:, None, :] == torch.arange(c, device=decoded.device)[None, :, None])
+    if c == 1:
+        per_class = best[:, None, :]                                           # (B, 1, k)
+    else:
+        label = label.gather(1, idx)
+        per_class = best[:, None, :] * (label[:, None, :] == torch.arange(c, device=decoded.device)[None, :, None])
     sel = nms_op(cand[..., :4].contiguous(), per_class.contiguous(), max_det, iou_threshold, conf_threshold)
     # Kept mask (B, C*k) from the selected rows without scatter: one-hot rows, reduced by a matmul.
     flat = sel[:, 1] * k + sel[:, 2]
@@ -132,13 +171,14 @@ def select_detections(decoded: torch.Tensor, num_classes: int, conf_threshold: f
     masked = per_class.reshape(bsz, c * k) * (kept > 0).to(decoded.dtype)
     d = min(max_det, c * k)
     top, pos = masked.topk(d, dim=1)                                           # (B, d)
-    valid = top > 0
+    valid = (top > 0).to(decoded.dtype)
     box_idx = pos % k
-    det = cand.gather(1, box_idx[..., None].expand(-1, -1, dim)) * valid[..., None].to(decoded.dtype)
+    det = cand.gather(1, box_idx[..., None].expand(bsz, d, dim)) * valid[..., None]
     out = Detections(
-        num_dets=valid.sum(1),
+        # counted in floating point: TensorRT's ReduceSum takes no integer input
+        num_dets=valid.sum(1).to(torch.int64),
         boxes=det[..., :4],
-        scores=top * valid.to(top.dtype),
+        scores=top * valid,
         labels=(pos // k) * valid.to(pos.dtype),
         keypoints=det[..., 5 + c:].reshape(bsz, d, k_kpt, 3),
     )
