@@ -1,0 +1,357 @@
+"""ONNX export: documented outputs and metadata, standard TensorRT-parsable ops, onnxruntime parity at
+batch 1 and 3, zero detections, ReLU models, the export check itself, TensorRT hints, bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import pytorch_lightning as pl
+import torch
+from onnx import TensorProto, numpy_helper
+
+from yolopose.checkpoint import load_module
+from yolopose.export import (OUTPUT_NAMES, RAW_OUTPUT_NAME, TENSORRT_OPS, DeployModel, ExportOptions,
+                             TensorRTUnavailable, VerificationError, build_engine, check_images, export_onnx,
+                             graph_op_types, main, nms_thresholds, read_metadata, set_nms_thresholds,
+                             trtexec_command, verify_onnx)
+from yolopose.module import PoseModule
+
+ROOT = Path(__file__).resolve().parent.parent
+K = 5
+NAMES = ["nose", "left_eye", "right_eye", "left_wrist", "right_wrist"]
+SKELETON = [(0, 1), (0, 2), (1, 3), (2, 4)]
+SIZE = 128
+MAX_DET = 20
+
+
+def calibrated_module(act: str = "silu", seed: int = 0, var_floor: float = 0.0) -> PoseModule:
+    """A tiny model whose outputs vary like a trained one's: BatchNorm statistics measured on scenes.
+
+    Fresh weights give near-constant outputs (activations shrink layer by layer), i.e. every score tied;
+    with measured BatchNorm statistics each layer is unit-scale again and boxes/keypoints differ.
+    ``var_floor``: a ReLU net calibrated this way has near-dead channels whose tiny variances make
+    BatchNorm amplify float rounding ~30x per layer (fp32 vs fp64 outputs differ by 1e-2, where a trained
+    net differs by 1e-6); flooring the variances removes that.
+    """
+    torch.manual_seed(seed)
+    module = PoseModule(variant="n", num_keypoints=K, width=0.125, depth=0.33, act=act, keypoint_names=NAMES,
+                        skeleton=SKELETON, category_ids=[1], lr=1e-6, warmup_bias_lr=0.0)
+    net = module.model
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batch
+    images = torch.cat([torch.from_numpy(check_images(SIZE, 4, seed=100 + seed)), torch.rand(2, 3, SIZE, SIZE)])
+    net.train()
+    with torch.no_grad():
+        net(images)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.clamp_(min=var_floor)
+    net.eval()
+    module.ema.module.load_state_dict(net.state_dict())
+    return module.eval()
+
+
+def save_checkpoint(module: PoseModule, path: Path) -> Path:
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+                "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+def session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run as fast on one thread, and one thread is immune to OpenMP's spin-waiting, which
+    made a 1-step fit 80x slower (15 s) on 2 threads while another job kept both cores busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One silu model exported with a dynamic batch: the module, its checkpoint, the file, the verified proto."""
+    tmp = tmp_path_factory.mktemp("export")
+    module = calibrated_module()
+    path = tmp / "model.onnx"
+    proto = export_onnx(module, path, ExportOptions(imgsz=SIZE, dynamic=True, conf=0.25, max_det=MAX_DET, batch=4))
+    return {"module": module, "ckpt": save_checkpoint(module, tmp / "model.ckpt"), "path": path, "proto": proto,
+            "file": onnx.load(str(path))}
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+# --------------------------------------------------------------------------- the graph
+def test_graph_has_documented_outputs_and_metadata(exported: dict) -> None:
+    model = exported["file"]
+    onnx.checker.check_model(model, full_check=True)
+    (inp,) = model.graph.input
+    assert inp.name == "images" and _dims(inp) == ["batch", 3, SIZE, SIZE]
+    assert inp.type.tensor_type.elem_type == TensorProto.FLOAT
+    outs = {o.name: o for o in model.graph.output}
+    assert list(outs) == list(OUTPUT_NAMES)  # the check's extra "decoded" output is gone
+    assert _dims(outs["num_dets"]) == ["batch"]
+    assert _dims(outs["boxes"]) == ["batch", MAX_DET, 4]
+    assert _dims(outs["scores"]) == ["batch", MAX_DET]
+    assert _dims(outs["labels"]) == ["batch", MAX_DET]
+    assert _dims(outs["keypoints"]) == ["batch", MAX_DET, K, 3]
+    types = {n: o.type.tensor_type.elem_type for n, o in outs.items()}
+    assert types == {"num_dets": TensorProto.INT32, "boxes": TensorProto.FLOAT, "scores": TensorProto.FLOAT,
+                     "labels": TensorProto.INT32, "keypoints": TensorProto.FLOAT}
+    meta = read_metadata(model)
+    assert meta["skeleton"] == [list(p) for p in SKELETON] and meta["keypoint_names"] == NAMES
+    assert meta["category_ids"] == [1] and meta["num_keypoints"] == K and meta["imgsz"] == SIZE
+    assert meta["nms"] and meta["max_det"] == MAX_DET and meta["act"] == "silu"
+    assert nms_thresholds(model) == pytest.approx((0.25, 0.65))
+
+
+def test_graph_uses_only_standard_ops_tensorrt_parses(exported: dict) -> None:
+    model = exported["file"]
+    ops = graph_op_types(model)
+    assert {domain for domain, _ in ops} <= {"", "ai.onnx"}, "custom-domain op in the graph"
+    names = {op for _, op in ops}
+    assert not names & {"ScatterND", "ScatterElements", "Scatter", "NonZero", "Loop", "If"}
+    assert names <= TENSORRT_OPS, f"ops outside the TensorRT allow-list: {sorted(names - TENSORRT_OPS)}"
+    nodes = [n for n in model.graph.node if n.op_type == "NonMaxSuppression"]
+    assert len(nodes) == 1
+    # TensorRT wants constant NMS scalars and a constant TopK K
+    constants = {i.name for i in model.graph.initializer} | {n.output[0] for n in model.graph.node
+                                                             if n.op_type == "Constant"}
+    assert all(name in constants for name in nodes[0].input[2:5])
+    topks = [n for n in model.graph.node if n.op_type == "TopK"]
+    assert len(topks) == 2 and all(n.input[1] in constants for n in topks)
+    # TensorRT (>= 8.5) takes these ops on floating-point data only
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type in {"TopK", "ReduceSum", "ReduceMax", "ArgMax", "MatMul", "NonMaxSuppression"}:
+            assert types.get(node.input[0]) == TensorProto.FLOAT, f"{node.op_type} {node.name} on non-float data"
+
+
+# --------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("iou", [0.3, 0.65])
+def test_torch_nms_op_equals_onnx_nonmaxsuppression(iou: float) -> None:
+    """``nms_op`` (what validation runs) and onnxruntime's NonMaxSuppression (what the graph runs) keep the
+    same boxes in the same order, on enough boxes to cross ``nms``'s blocks (N > NMS_BLOCK)."""
+    from onnx import helper
+
+    from yolopose.postprocess import NMS_BLOCK, nms_op
+
+    g = torch.Generator().manual_seed(0)
+    n = 5 * NMS_BLOCK
+    xy = torch.rand(2, n, 2, generator=g) * 300
+    boxes = torch.cat((xy, xy + torch.rand(2, n, 2, generator=g) * 80 + 1), -1)    # (B=2, N, 4)
+    scores = torch.rand(2, 2, n, generator=g)                                         # (B, C=2, N)
+    consts = [numpy_helper.from_array(np.array(v, dtype), name) for v, dtype, name in
+              ((40, np.int64, "max"), (iou, np.float32, "iou"), (0.2, np.float32, "score"))]
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "max", "iou", "score"], ["selected"])], "nms",
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [2, n, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 2, n])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (got,) = session(model).run(None, {"boxes": boxes.numpy(), "scores": scores.numpy()})
+    ref = nms_op(boxes, scores, 40, iou, 0.2).numpy()
+    assert len(ref) > 4 * 20
+    np.testing.assert_array_equal(got, ref)
+
+
+def _torch_outputs(module: PoseModule, images: np.ndarray, conf: float) -> list[np.ndarray]:
+    wrapper = DeployModel(module.inference_model, 1, conf, 0.65, MAX_DET, 1000).eval()
+    with torch.no_grad():
+        return [t.numpy() for t in wrapper(torch.from_numpy(images))]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnxruntime_matches_pytorch(exported: dict, batch: int) -> None:
+    low = set_nms_thresholds(exported["file"], conf=0.001)  # a fresh model scores low: compare many detections
+    images = check_images(SIZE, batch, seed=7)
+    got = session(low).run(None, {"images": images})
+    ref = _torch_outputs(exported["module"], images, 0.001)
+    assert [g.shape for g in got] == [(batch,), (batch, MAX_DET, 4), (batch, MAX_DET), (batch, MAX_DET),
+                                      (batch, MAX_DET, K, 3)]
+    np.testing.assert_array_equal(got[0], ref[0])
+    assert (got[0] > 0).all()
+    for b in range(batch):
+        n = int(got[0][b])
+        np.testing.assert_array_equal(got[3][b, :n], ref[3][b, :n])
+        np.testing.assert_allclose(got[2][b, :n], ref[2][b, :n], atol=1e-4, rtol=0)
+        # pixels: 1e-3 px + float32 rounding that grows with the coordinate (export.Tolerance)
+        np.testing.assert_allclose(got[1][b, :n], ref[1][b, :n], atol=1e-3, rtol=2e-6)
+        np.testing.assert_allclose(got[4][b, :n, :, :2], ref[4][b, :n, :, :2], atol=1e-3, rtol=2e-6)
+        assert not got[1][b, n:].any() and not got[4][b, n:].any()                         # zero padding
+
+
+def test_zero_detections_are_zeros_not_an_error(exported: dict) -> None:
+    never = set_nms_thresholds(exported["file"], conf=1.0)
+    images = check_images(SIZE, 2)
+    got = session(never).run(None, {"images": images})
+    ref = _torch_outputs(exported["module"], images, 1.0)
+    assert got[0].tolist() == [0, 0] and ref[0].tolist() == [0, 0]
+    assert got[1].shape == (2, MAX_DET, 4) and got[4].shape == (2, MAX_DET, K, 3)
+    assert all(not g.any() for g in got)
+
+
+def test_raw_export_without_nms(exported: dict, tmp_path: Path) -> None:
+    module = exported["module"]
+    export_onnx(module, tmp_path / "raw.onnx", ExportOptions(imgsz=SIZE, nms=False))
+    model = onnx.load(str(tmp_path / "raw.onnx"))
+    (out,) = model.graph.output
+    n = 3 * sum((SIZE // s) ** 2 for s in (8, 16, 32, 64))
+    assert out.name == RAW_OUTPUT_NAME and _dims(out) == [1, n, 5 + 1 + 3 * K]
+    assert "NonMaxSuppression" not in {op for _, op in graph_op_types(model)}
+    assert not read_metadata(model)["nms"]
+    images = check_images(SIZE, 1)
+    (got,) = session(model).run(None, {"images": images})
+    with torch.no_grad():
+        ref = DeployModel(module.inference_model, 1, nms=False)(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(got[..., :4], ref[..., :4], atol=1e-3, rtol=2e-6)
+
+
+# --------------------------------------------------------------------------- the export check
+def test_export_cli_checks_against_pytorch(exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli.onnx"
+    rc = main(["--ckpt", str(exported["ckpt"]), "--out", str(out), "--imgsz", str(SIZE), "--max-det", str(MAX_DET),
+               "--dynamic"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert out.is_file() and "onnx.checker: ok" in text and "decoded predictions" in text
+    # the export threshold leaves this fresh model without detections: the check must lower it and compare
+    assert "repeating at conf 0.001" in text
+    matched = [int(line.split(": ")[-1].split()[0]) for line in text.splitlines()
+               if "end to end vs PyTorch" in line and "match" in line]
+    assert matched and matched[-1] > 0
+    selected = [int(line.split(": ")[-1].split()[0]) for line in text.splitlines() if "tie-free" in line]
+    assert selected and selected[0] > 0
+    assert "WARNING" not in text and "ran at batch 2" in text
+
+
+def test_check_fails_on_a_wrong_graph(exported: dict) -> None:
+    module = exported["module"]
+    wrapper = DeployModel(module.inference_model, 1, 0.25, 0.65, MAX_DET, 1000)
+    images = check_images(SIZE, 2)
+    assert verify_onnx(exported["proto"], wrapper, images).compared > 0
+    broken = onnx.ModelProto()
+    broken.CopyFrom(exported["proto"])
+    conv = next(n for n in broken.graph.node if n.op_type == "Conv")
+    weight = next(i for i in broken.graph.initializer if i.name == conv.input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+    with pytest.raises(VerificationError, match="decoded predictions differ"):
+        verify_onnx(broken, wrapper, images)
+    wrong_nms = set_nms_thresholds(exported["proto"], iou=0.05)  # network right, NMS wrong
+    with pytest.raises(VerificationError, match="selection differs"):
+        verify_onnx(wrong_nms, wrapper, images)
+
+
+# --------------------------------------------------------------------------- edge options
+def test_relu_model_exports_and_matches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = save_checkpoint(calibrated_module(act="relu", seed=1, var_floor=0.3), tmp_path / "relu.ckpt")
+    rebuilt = load_module(ckpt)
+    acts = {type(m) for m in rebuilt.inference_model.modules()}
+    assert torch.nn.ReLU in acts and torch.nn.SiLU not in acts
+    out = tmp_path / "relu.onnx"
+    rc = main(["--ckpt", str(ckpt), "--out", str(out), "--imgsz", str(SIZE), "--conf", "0.001"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    model = onnx.load(str(out))
+    assert "Relu" in {op for _, op in graph_op_types(model)} and read_metadata(model)["act"] == "relu"
+    assert _dims(model.graph.input[0]) == [1, 3, SIZE, SIZE]  # static batch without --dynamic
+    assert "end to end vs PyTorch" in text and "WARNING" not in text
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_gives_the_same_contract(exported: dict, tmp_path: Path) -> None:
+    """The torch.export-based exporter (the future default; ~10x slower to export) must keep the contract."""
+    module = exported["module"]
+    path = tmp_path / "dynamo.onnx"
+    proto = export_onnx(module, path, ExportOptions(imgsz=SIZE, dynamic=True, max_det=MAX_DET, exporter="dynamo",
+                                                    opset=18))
+    model = onnx.load(str(path))
+    assert _dims(model.graph.input[0]) == ["batch", 3, SIZE, SIZE]
+    assert [_dims(o) for o in model.graph.output] == [["batch"], ["batch", MAX_DET, 4], ["batch", MAX_DET],
+                                                      ["batch", MAX_DET], ["batch", MAX_DET, K, 3]]
+    ops = graph_op_types(model)
+    assert {d for d, _ in ops} <= {"", "ai.onnx"} and {op for _, op in ops} <= TENSORRT_OPS
+    wrapper = DeployModel(module.inference_model, 1, 0.25, 0.65, MAX_DET, 1000)
+    report = verify_onnx(proto, wrapper, check_images(SIZE, 3))  # batch 3: the batch dim was not pinned
+    assert report.compared > 0 and not report.warnings
+
+
+# --------------------------------------------------------------------------- TensorRT
+def test_engine_without_tensorrt_prints_trtexec(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as where TensorRT is not installed
+    with pytest.raises(TensorRTUnavailable) as err:
+        build_engine(exported["path"], tmp_path / "m.engine", fp16=True, imgsz=SIZE, dynamic=True, batch=4)
+    msg = str(err.value)
+    assert "TensorRT is not available" in msg and "\n" not in msg
+    assert (f"trtexec --onnx={exported['path']} --saveEngine={tmp_path / 'm.engine'} "
+            f"--minShapes=images:1x3x{SIZE}x{SIZE} --optShapes=images:4x3x{SIZE}x{SIZE} "
+            f"--maxShapes=images:4x3x{SIZE}x{SIZE} --fp16") in msg
+    out = tmp_path / "cli.onnx"
+    rc = main(["--ckpt", str(exported["ckpt"]), "--out", str(out), "--imgsz", str(SIZE), "--engine", "--fp16",
+               "--no-check"])
+    cap = capsys.readouterr()
+    assert rc == 3 and out.is_file() and not out.with_suffix(".engine").exists()
+    assert cap.err.startswith("error: TensorRT is not available") and "--fp16" in cap.err
+    assert trtexec_command("a.onnx", "a.engine", False, 640, False, 1) == "trtexec --onnx=a.onnx --saveEngine=a.engine"
+
+
+def test_engine_builds_where_tensorrt_is_installed(exported: dict, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (it needs an NVIDIA GPU machine)")
+    engine = build_engine(exported["path"], tmp_path / "m.engine", fp16=True, imgsz=SIZE, dynamic=True, batch=4)
+    assert engine.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- bad input
+def _one_line_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_gives_one_line_errors(exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = str(tmp_path / "x.onnx")
+    not_yolopose = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, not_yolopose)
+    assert main(["--ckpt", str(not_yolopose), "--out", out]) == 1
+    assert "not a yolopose checkpoint" in _one_line_error(capsys)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    assert main(["--ckpt", str(garbage), "--out", out]) == 1
+    assert "not a readable yolopose checkpoint" in _one_line_error(capsys)
+    assert main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", out]) == 1
+    assert "checkpoint not found" in _one_line_error(capsys)
+    assert main(["--ckpt", str(exported["ckpt"]), "--out", out, "--imgsz", "100"]) == 1
+    assert "not a multiple of the model's largest stride 64" in _one_line_error(capsys)
+    assert main(["--ckpt", str(exported["ckpt"]), "--out", out, "--fp16"]) == 1
+    assert "use it with --engine" in _one_line_error(capsys)
+    assert main(["--ckpt", str(exported["ckpt"]), "--out", out, "--exporter", "dynamo", "--opset", "17"]) == 1
+    assert "opset >= 18" in _one_line_error(capsys)
+    assert not Path(out).exists()
+
+
+def test_export_script_fails_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00" * 16)
+    r = subprocess.run([sys.executable, str(ROOT / "export.py"), "--ckpt", str(bad), "--out",
+                        str(tmp_path / "x.onnx")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
