@@ -1,0 +1,191 @@
+"""Deployed inference on the CPU: ONNX Runtime vs PyTorch eager, and the cost of decode + NMS.
+
+    python -m benchmarks.inference [--size 640] [--repeats 10] [--threads 2] [--quick]
+
+1. The exported graph (network + decode + NMS, ``yolopose.export``) of ``n`` and ``s`` at batch 1 in
+   onnxruntime, the same ``DeployModel`` in PyTorch eager, and the FLOP floor: model GFLOPs / a 3x3
+   conv's GFLOP/s measured in the same run on the same threads.
+2. decode + ``select_detections`` for an image with 1 and with 100 people (well-separated clusters of
+   high-score boxes over the usual low-score background), in PyTorch and as an ONNX graph, at the deploy
+   threshold (0.25: candidates grow with people) and the validation one (0.001: always ``top_k``).
+
+Weights: BatchNorm statistics are measured on generated scenes first, so that the outputs vary like a
+trained model's (a fresh model's activations shrink layer by layer and every score sits at its prior).
+The network's time does not depend on it (checked: no denormals, same eager time); the graph's
+TopK/NMS sees realistic candidates. Under load from other jobs, ``--threads 1`` gives the stable figures:
+OpenMP's spin-waiting makes 2-thread PyTorch many times slower while another job holds the cores.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import warnings
+
+import torch
+
+from benchmarks.common import conv3x3_gflops, median_time, print_table
+from yolopose import YOLOPose
+from yolopose.geometry import decode
+from yolopose.nn.complexity import count_macs
+from yolopose.postprocess import select_detections
+
+K = 17
+
+
+def calibrated(variant: str, size: int) -> YOLOPose:
+    """``YOLOPose(variant)`` with BatchNorm statistics measured on two generated scenes (module docstring)."""
+    from yolopose.export import check_images
+
+    torch.manual_seed(0)
+    model = YOLOPose(variant, num_keypoints=K)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(check_images(size, 2, seed=10)))
+    return model.eval()
+
+
+def ort_session(data: bytes, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def to_onnx(module: torch.nn.Module, args: tuple, names: list[str]) -> bytes:
+    from yolopose.export import _register_nms_symbolic
+
+    _register_nms_symbolic()
+    f = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, f, dynamo=False, opset_version=17, input_names=names)
+    return f.getvalue()
+
+
+# --------------------------------------------------------------------------- 1. model latency
+def latency_rows(variants: str, size: int, repeats: int, threads: int, conv_rate: float) -> list[list[object]]:
+    from yolopose.export import DeployModel, check_images
+
+    rows = []
+    x = torch.from_numpy(check_images(size, 1, seed=3))
+    for v in variants:
+        model = calibrated(v, size)
+        gflops = 2 * count_macs(model, size) / 1e9
+        deploy = DeployModel(model, 1, conf=0.25, iou=0.65, max_det=100, top_k=1000).eval()
+        with torch.inference_mode():
+            t_torch = median_time(lambda: deploy(x), repeats=repeats)
+        sess = ort_session(to_onnx(deploy, (x,), ["images"]), threads)
+        feed = {"images": x.numpy()}
+        t_ort = median_time(lambda: sess.run(None, feed), repeats=repeats)
+        floor = gflops / conv_rate
+        rows.append([v, size, f"{gflops:.1f}", f"{floor * 1e3:.1f}", f"{t_torch * 1e3:.1f}", f"{t_ort * 1e3:.1f}",
+                     f"{t_torch / t_ort:.2f}", f"{t_ort / floor:.2f}"])
+    return rows
+
+
+# --------------------------------------------------------------------------- 2. decode + NMS
+STRIDES = (8, 16, 32, 64)
+
+
+def crowd_raws(people: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    """Raw head maps ``(1, 3, H, W, 5 + 1 + 3K)`` per level: background objectness ~0.0025 everywhere, and
+    ``people`` persons on a grid (64 px apart), each firing a 3x3 cluster of P3 cells with one anchor
+    (44 x 40 px boxes, scores 0.5-0.98): 9 overlapping candidates per person, one survives NMS."""
+    g = torch.Generator().manual_seed(seed)
+    raws = []
+    for s in STRIDES:
+        h = size // s
+        r = torch.randn(1, 3, h, h, 6 + 3 * K, generator=g) * 0.5
+        r[..., 4] = -6.0 + 0.3 * torch.randn(1, 3, h, h, generator=g)
+        raws.append(r)
+    per_row = size // 64
+    if people > per_row * per_row:
+        raise ValueError(f"at most {per_row ** 2} well-separated people fit in {size} px")
+    p3 = raws[0]
+    for p in range(people):
+        cy, cx = 4 + 8 * (p // per_row), 4 + 8 * (p % per_row)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                cell = p3[0, 1, cy + dy, cx + dx]
+                cell[0], cell[1] = -2.0 * dx, -2.0 * dy     # centres pulled towards the person's centre
+                cell[2:4] = 0.0                             # anchor size
+                cell[4] = 4.0 - abs(dx) - abs(dy)           # objectness logit 4 / 3 / 2
+    return raws
+
+
+class DecodeSelect(torch.nn.Module):
+    """raws -> decode -> select_detections (the post-processing part of the deploy graph)."""
+
+    def __init__(self, anchors: torch.Tensor, conf: float) -> None:
+        super().__init__()
+        self.register_buffer("anchors", anchors)
+        self.conf = conf
+
+    def forward(self, *raws: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        det = select_detections(decode(list(raws), self.anchors, STRIDES, 1), 1, self.conf, 0.65, 300, 1000)
+        return det.num_dets, det.boxes, det.scores, det.labels, det.keypoints
+
+
+def nms_rows(size: int, repeats: int, threads: int) -> list[list[object]]:
+    from yolopose.export import set_nms_thresholds
+    from yolopose.nn.model import default_anchors
+
+    import onnx
+
+    anchors = torch.tensor(default_anchors(4))
+    rows = []
+    graph = None
+    for conf in (0.25, 0.001):
+        module = DecodeSelect(anchors, conf)
+        for people in (1, 100):
+            raws = crowd_raws(people, size)
+            with torch.inference_mode():
+                det = module(*raws)
+                cands = int((decode(raws, anchors, STRIDES, 1)[..., 4] > conf).sum())
+                t_torch = median_time(lambda: module(*raws), repeats=repeats)
+            if graph is None:
+                graph = onnx.load_from_string(to_onnx(module, tuple(raws), [f"raw{i}" for i in range(4)]))
+            sess = ort_session(set_nms_thresholds(graph, conf=conf).SerializeToString(), threads)
+            feed = {f"raw{i}": r.numpy() for i, r in enumerate(raws)}
+            got = sess.run(None, feed)
+            assert int(got[0][0]) == int(det[0][0]), "onnxruntime and PyTorch disagree on the detections"
+            t_ort = median_time(lambda: sess.run(None, feed), repeats=repeats)
+            rows.append([conf, people, min(cands, 1000), int(det[0][0]), f"{t_torch * 1e3:.2f}", f"{t_ort * 1e3:.2f}"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=640)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="3 repeats (sizes unchanged)")
+    a = p.parse_args(argv)
+    repeats = 3 if a.quick else a.repeats
+    torch.set_num_threads(a.threads)
+    import onnxruntime
+
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {a.threads} threads, "
+          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    rate = conv3x3_gflops()
+    print(f"3x3 conv reference rate measured now: {rate:.0f} GFLOP/s")
+    print_table(f"Deployed model latency, batch 1, {a.size}x{a.size}, K={K} (network + decode + NMS)",
+                ["variant", "size", "GFLOPs", "FLOP floor ms", "PyTorch eager ms", "ONNX Runtime ms",
+                 "eager / ORT", "ORT / floor"], latency_rows("ns", a.size, repeats, a.threads, rate))
+    print_table(f"decode + select_detections at {a.size}x{a.size} (N = {3 * sum((a.size // s) ** 2 for s in STRIDES)} "
+                "predictions, top_k 1000, max_det 300)",
+                ["conf", "people", "candidates > conf (<= top_k)", "detections", "PyTorch ms", "ONNX Runtime ms"],
+                nms_rows(a.size, max(repeats, 5), a.threads))
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"(other jobs on these {os.cpu_count()} cores inflate every figure)")
+
+
+if __name__ == "__main__":
+    main()
