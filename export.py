@@ -1,4 +1,4 @@
-"""Export a yolopose checkpoint to ONNX (decode + NMS inside, static outputs) and check it; see yolopose/export.py.
+"""Export a yolopose checkpoint to ONNX (decode + NMS inside, static outputs) and check it; see yolopose/export/.
 
     python export.py --ckpt CKPT --out model.onnx [--imgsz 640] [--dynamic] [--no-nms] [--engine [--fp16]]
 """

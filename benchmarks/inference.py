@@ -59,9 +59,9 @@ def ort_session(data: bytes, threads: int):
 
 
 def to_onnx(module: torch.nn.Module, args: tuple, names: list[str]) -> bytes:
-    from yolopose.export import _register_nms_symbolic
+    from yolopose.export import register_nms_symbolic
 
-    _register_nms_symbolic()
+    register_nms_symbolic()
     f = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -2,7 +2,6 @@
 meta back to original pixels) and reproducible per-worker random streams."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
