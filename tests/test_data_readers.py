@@ -309,3 +309,21 @@ def test_yolo_flip_idx_and_two_column_keypoints(tmp_path: Path) -> None:
     assert np.allclose(s.boxes, [[15, 10, 35, 30]])
     assert np.allclose(s.keypoints, [[[15, 16, 2], [0, 0, 0], [30, 18, 2]]])
     assert YoloPoseTxt(tmp_path / "data.yaml", flip_index=[0, 1, 2]).info.flip_index == [0, 1, 2]
+
+
+def test_mean_pose_is_the_average_offset_in_box_units_over_labelled_points() -> None:
+    from yolopose.data.table import build_table
+
+    boxes = np.array([[0, 0, 10, 20], [100, 100, 120, 140], [0, 0, 50, 50]], float)
+    kpts = np.zeros((3, 2, 3), np.float32)
+    kpts[0] = [[5, 0, 2], [10, 20, 1]]        # offsets (0, -0.5) and (0.5, 0.5)
+    kpts[1] = [[110, 110, 2], [0, 0, 0]]      # (0, -0.25); second point unlabelled
+    kpts[2] = [[0, 0, 2], [0, 0, 2]]          # a crowd region: ignored
+    table = build_table(["a.jpg"], [1], [(200, 200)], np.zeros(3, np.int64), boxes, kpts, np.zeros(3, np.int64),
+                        np.array([False, False, True]), np.arange(1, 4), np.ones(3), np.ones(3, np.int64))
+    assert np.allclose(table.mean_pose(), [[0.0, -0.375], [0.5, 0.5]])
+    # unit-free: the same labels normalised by the image size give the same pose
+    norm = build_table(["a.jpg"], [1], [(0, 0)], np.zeros(3, np.int64), boxes / 200,
+                       np.concatenate([kpts[..., :2] / 200, kpts[..., 2:]], -1), np.zeros(3, np.int64),
+                       np.array([False, False, True]), np.arange(1, 4), np.ones(3), np.ones(3, np.int64))
+    assert np.allclose(norm.mean_pose(), table.mean_pose(), atol=1e-6)

@@ -68,3 +68,28 @@ def test_objectness_prior_in_bias() -> None:
     bias = model.head.det[0].bias.view(3, -1)[:, 4]
     # ~8 objects per 640x640 image spread over the stride-8 cells.
     assert torch.allclose(bias.sigmoid(), torch.full((3,), 8 / 80**2), rtol=1e-3)
+
+
+def test_keypoint_prior_starts_keypoints_at_the_mean_pose_scaled_to_each_anchor() -> None:
+    from yolopose.geometry import decode
+
+    k = 3
+    prior = [[0.0, -0.4], [0.25, 0.1], [-0.25, 0.5]]  # box widths/heights from the box centre
+    model = YOLOPose("n", num_keypoints=k, keypoint_prior=prior).eval()
+    for branch in model.head.kpt:  # keep only the biases: every cell then predicts the initial pose
+        torch.nn.init.zeros_(branch[-1].weight)
+    with torch.no_grad():
+        raws = model(torch.rand(1, 3, 128, 128))
+        det = decode(raws, model.anchors, model.strides, 1)
+    first = 0
+    for raw, stride, anchors in zip(raws, model.strides, model.anchors):
+        _, a, h, w, _ = raw.shape
+        cells = det[0, first:first + a * h * w].reshape(a, h, w, -1)
+        first += a * h * w
+        for ai in range(a):
+            centre = torch.tensor([0.5 * stride, 0.5 * stride])  # cell (0, 0)
+            want = centre + torch.tensor(prior) * anchors[ai]
+            got = cells[ai, 0, 0, 6:].reshape(k, 3)[:, :2]
+            assert torch.allclose(got, want, atol=1e-3), (stride, ai)
+    with pytest.raises(ValueError, match="keypoint_prior"):
+        YOLOPose("n", num_keypoints=k, keypoint_prior=[[0.0, 0.0]])

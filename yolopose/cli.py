@@ -19,7 +19,7 @@ from yolopose.module import PoseModule
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 # Dataset facts the model takes from the DataModule: typed once, in the data.
-LINKED = ("num_keypoints", "num_classes", "sigmas", "keypoint_names", "skeleton", "category_ids")
+LINKED = ("num_keypoints", "num_classes", "sigmas", "keypoint_names", "skeleton", "category_ids", "keypoint_prior")
 
 
 class ConfigError(ValueError):

@@ -3,8 +3,8 @@
 Every split is parsed and validated in ``__init__``, so a bad annotation file, a missing folder or a
 K that disagrees between splits stops the CLI with a clear message before any model is built. The
 dataset facts the model needs (``num_keypoints``, ``num_classes``, ``sigmas``, ``keypoint_names``,
-``skeleton``, ``category_ids``) are plain attributes read from the data, and ``train.py`` links them
-into the model: K is never typed twice.
+``skeleton``, ``category_ids``, ``keypoint_prior``) are plain attributes read from the data, and
+``train.py`` links them into the model: K is never typed twice.
 
 Sources (``format``):
 - ``coco``: ``train_ann`` + ``train_images``, ``val_ann`` + ``val_images`` (COCO keypoints JSON + folder);
@@ -98,6 +98,9 @@ class PoseDataModule(pl.LightningDataModule):
         self.keypoint_names = list(info.keypoint_names)
         self.skeleton = [tuple(p) for p in info.skeleton]
         self.category_ids = list(info.category_ids)
+        # Mean pose of the training labels: where the model's keypoint biases start (see PoseHead).
+        self.keypoint_prior = [[round(float(x), 4), round(float(y), 4)]
+                               for x, y in self.train_split.table.mean_pose()]
         self._val_gt: dict | None = None
 
     @staticmethod

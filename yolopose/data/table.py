@@ -49,6 +49,22 @@ class LabelTable:
     def num_annotations(self) -> int:
         return len(self.ann_ids)
 
+    def mean_pose(self) -> np.ndarray:
+        """``(K, 2)`` mean offset of each keypoint from its box centre, in box widths/heights, over the
+        labelled keypoints of non-crowd annotations with a box; 0 for a keypoint never labelled.
+        Unit-free, so normalised (YOLO) and pixel tables give the same answer."""
+        k = self.keypoints.shape[1]
+        ok = ~self.crowd & (self.boxes[:, 2] > self.boxes[:, 0]) & (self.boxes[:, 3] > self.boxes[:, 1])
+        boxes, kpts = self.boxes[ok], self.keypoints[ok].astype(np.float64)
+        if not len(boxes):
+            return np.zeros((k, 2))
+        centre = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2
+        size = boxes[:, None, 2:] - boxes[:, None, :2]
+        rel = (kpts[..., :2] - centre) / size                                   # (A, K, 2)
+        labelled = (kpts[..., 2] > 0)[..., None]
+        count = labelled.sum(0)
+        return np.where(count > 0, (rel * labelled).sum(0) / np.maximum(count, 1), 0.0)
+
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Image i's ``(boxes (N, 4) f32, keypoints (N, K, 3) f32, classes (N,) i64, crowd_boxes (M, 4) f32)``."""
         sl = slice(int(self.offsets[i]), int(self.offsets[i + 1]))

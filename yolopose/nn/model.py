@@ -51,6 +51,8 @@ class YOLOPose(nn.Module):
         kpt_head_depth: depthwise blocks in each keypoint branch (0 = a single 1x1 conv).
         act: "silu" (default) or "relu" (quantisation-friendly).
         depth, width: override the variant's multipliers.
+        keypoint_prior: ``[K][2]`` mean keypoint offset from the box centre in box widths/heights (from the
+            training data, ``LabelTable.mean_pose``): keypoint biases start at that pose (see ``PoseHead``).
 
     ``forward(images)``: images ``(B, 3, H, W)`` float in [0, 1], ``H`` and ``W`` multiples of the
     largest stride -> list of ``num_levels`` raw tensors (decode them with ``yolopose.geometry.decode``).
@@ -58,7 +60,8 @@ class YOLOPose(nn.Module):
 
     def __init__(self, variant: str = "s", num_keypoints: int = 17, num_classes: int = 1, num_levels: int = 4,
                  anchors: list[list[list[float]]] | None = None, kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH,
-                 act: str = "silu", depth: float | None = None, width: float | None = None) -> None:
+                 act: str = "silu", depth: float | None = None, width: float | None = None,
+                 keypoint_prior: list[list[float]] | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -70,12 +73,16 @@ class YOLOPose(nn.Module):
         anchor_t = torch.tensor(anchors, dtype=torch.float32)
         if anchor_t.ndim != 3 or anchor_t.shape[0] != num_levels or anchor_t.shape[2] != 2:
             raise ValueError(f"anchors must be [{num_levels} levels][A][2 (w, h)], got shape {tuple(anchor_t.shape)}")
+        if keypoint_prior is not None and tuple(torch.tensor(keypoint_prior).shape) != (num_keypoints, 2):
+            raise ValueError(f"keypoint_prior must be [{num_keypoints} keypoints][2], "
+                             f"got shape {tuple(torch.tensor(keypoint_prior).shape)}")
         self.variant, self.num_keypoints, self.num_classes = variant, num_keypoints, num_classes
         self.backbone = CSPDarknet(d, w, num_levels, act)
         self.neck = PAN(self.backbone.out_channels, scale_depth(3, d), act)
         self.strides: list[int] = list(self.backbone.strides)
         self.head = PoseHead(self.neck.out_channels, self.strides, anchor_t.shape[1], num_classes,
-                             num_keypoints, kpt_head_depth, act)
+                             num_keypoints, kpt_head_depth, act, anchor_t,
+                             None if keypoint_prior is None else torch.tensor(keypoint_prior, dtype=torch.float32))
         self.register_buffer("anchors", anchor_t)  # (L, A, 2) pixels
 
     @property
