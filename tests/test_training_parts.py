@@ -50,3 +50,32 @@ def test_schedule_warmup_then_cosine() -> None:
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     lin = WarmupSchedule(0.01, 0.1, 1000, 0, 0.9, 0.8, 0.1, kind="linear")
     assert lin.at(500, False)[0] == pytest.approx(0.01 * 0.55)
+
+
+def test_schedule_drives_adamw_first_beta_like_sgd_momentum() -> None:
+    model = torch.nn.Linear(3, 1)
+    s = WarmupSchedule(lr=0.002, lr_final=0.1, total_steps=100, warmup_steps=10, momentum=0.937,
+                       warmup_momentum=0.8, warmup_bias_lr=0.0)
+    adamw = torch.optim.AdamW(parameter_groups(model, 1e-4), lr=0.002, betas=(0.937, 0.999))
+    s.apply(adamw, 0)
+    assert all(g["betas"] == (0.8, 0.999) and g["lr"] == 0.0 for g in adamw.param_groups)
+    s.apply(adamw, 50)
+    assert all(g["betas"] == (0.937, 0.999) for g in adamw.param_groups)
+    assert adamw.param_groups[0]["lr"] == pytest.approx(0.002 * s.decay_factor(50))
+
+
+def test_module_builds_the_configured_optimizer() -> None:
+    from types import SimpleNamespace
+
+    from yolopose.module import PoseModule
+
+    for name, cls in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
+        module = PoseModule(variant="n", width=0.125, num_keypoints=3, optimizer=name)
+        trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=8), accumulate_grad_batches=1,
+                                  estimated_stepping_batches=100, max_epochs=10)
+        module.trainer = trainer  # type: ignore[assignment]
+        opt = module.configure_optimizers()
+        assert type(opt) is cls
+        assert opt.param_groups[0]["weight_decay"] == pytest.approx(5e-4 * 8 / 64)
+        bias_start = module.schedule.at(0, is_bias=True)[0]
+        assert bias_start == (pytest.approx(0.1) if name == "sgd" else 0.0)

@@ -28,13 +28,16 @@ class PoseModule(pl.LightningModule):
     Every argument is a plain value saved in the checkpoint's hyperparameters, so
     ``PoseModule.load_from_checkpoint(path)`` rebuilds the same model without a config. The dataset's
     ``num_keypoints``, ``num_classes``, ``sigmas``, ``keypoint_names``, ``skeleton`` and
-    ``category_ids`` are linked from the DataModule by ``train.py``.
+    ``category_ids`` and ``keypoint_prior`` (the mean pose the keypoint biases start from) are linked from
+    the DataModule by ``train.py``.
 
     Args:
         variant: model size ``n, s, m, l, x``.
         num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
         kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, anchor_t: see ``PoseLoss``.
-        lr, lr_final, schedule, momentum, nesterov, weight_decay: SGD and its decay (``lr_final`` is a
+        optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
+            (AdamW, ``momentum`` as its first beta; converges faster in short runs such as the CPU demo).
+        lr, lr_final, schedule, momentum, nesterov, weight_decay: the optimiser and its decay (``lr_final`` is a
             fraction of ``lr``). ``weight_decay`` is for a nominal batch of ``nominal_batch_size`` images
             and is scaled by ``batch / nominal_batch_size`` (the loss is summed over the batch).
         warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up.
@@ -52,6 +55,7 @@ class PoseModule(pl.LightningModule):
         keypoint_names: list[str] | None = None,
         skeleton: list[tuple[int, int]] | None = None,
         category_ids: list[int] | None = None,
+        keypoint_prior: list[list[float]] | None = None,
         num_levels: int = 4,
         anchors: list[list[list[float]]] | None = None,
         kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH,
@@ -65,6 +69,7 @@ class PoseModule(pl.LightningModule):
         kpt_weight: float = 0.30,
         kpt_conf_weight: float = 0.05,
         anchor_t: float = 4.0,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         lr_final: float = 0.01,
         schedule: Literal["cosine", "linear"] = "cosine",
@@ -87,7 +92,7 @@ class PoseModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = YOLOPose(variant, num_keypoints, num_classes, num_levels, anchors, kpt_head_depth, act,
-                              depth, width)
+                              depth, width, keypoint_prior)
         sig = torch.tensor(sigmas, dtype=torch.float32) if sigmas is not None else default_sigmas(num_keypoints)
         self.criterion = PoseLoss(num_keypoints, num_classes, self.model.anchors, self.model.strides, sig,
                                   kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight,
@@ -167,13 +172,19 @@ class PoseModule(pl.LightningModule):
         batch = getattr(self.trainer.datamodule, "batch_size", hp.nominal_batch_size) if self.trainer else 1
         accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
         wd = hp.weight_decay * batch * accumulate / hp.nominal_batch_size
-        opt = torch.optim.SGD(parameter_groups(self.model, wd), lr=hp.lr, momentum=hp.momentum,
-                              nesterov=hp.nesterov)
+        groups = parameter_groups(self.model, wd)
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999))
+        else:
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(self.trainer.max_epochs or 1, 1)
         warmup = min(max(round(hp.warmup_epochs * total / epochs), hp.warmup_min_steps), total)
+        # Adam-type steps are ~lr per parameter whatever the gradient, so a bias LR of 0.1 would throw the
+        # biases around: with AdamW the biases warm up from 0 like every other group.
+        bias_lr = hp.warmup_bias_lr if hp.optimizer == "sgd" else 0.0
         self.schedule = WarmupSchedule(hp.lr, hp.lr_final, total, warmup, hp.momentum, hp.warmup_momentum,
-                                       hp.warmup_bias_lr, hp.schedule)
+                                       bias_lr, hp.schedule)
         return opt
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:

@@ -72,3 +72,5 @@ class WarmupSchedule:
             group["lr"] = lr
             if "momentum" in group:
                 group["momentum"] = momentum
+            elif "betas" in group:  # Adam-type: the first beta plays momentum's role
+                group["betas"] = (momentum, group["betas"][1])
