@@ -1,0 +1,1 @@
+"""Command-line tools around the trainer (``python -m yolopose.tools.<name>``)."""
