@@ -28,6 +28,16 @@ def test_nms_matches_brute_force_on_random_boxes() -> None:
             assert nms(boxes, scores, thr).tolist() == _brute_force_nms(boxes, scores, thr)
 
 
+def test_nms_matches_brute_force_across_several_blocks() -> None:
+    """More boxes than one block of the blocked implementation, with tied scores and max_keep."""
+    for seed in range(3):
+        boxes, scores = _random_boxes(300, 100 + seed)
+        scores = (scores * 20).round() / 20                          # many exact ties
+        expected = _brute_force_nms(boxes, scores, 0.5)
+        assert nms(boxes, scores, 0.5).tolist() == expected
+        assert nms(boxes, scores, 0.5, max_keep=7).tolist() == expected[:7]
+
+
 def test_nms_op_follows_onnx_semantics() -> None:
     boxes, scores = _random_boxes(50, 3)
     two = torch.stack((scores, 1 - scores))                         # (C=2, N)
