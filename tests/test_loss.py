@@ -160,3 +160,148 @@ def test_sigma_count_must_match() -> None:
     model = YOLOPose("n", num_keypoints=K)
     with pytest.raises(ValueError, match="sigmas"):
         PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(4))
+
+
+# --------------------------------------------------------------------------- vectorised == former loop
+def _loop_assign(assigner: AnchorAssigner, targets: torch.Tensor, grid_sizes: list[tuple[int, int]]) -> list[dict]:
+    """The per-level assigner this project used before it was vectorised (kept verbatim as the reference)."""
+    offsets_table = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
+    anchors = assigner.anchors.to(targets.device, targets.dtype)
+    n_levels, n_anchors = anchors.shape[:2]
+    k = (targets.shape[1] - 6) // 3
+    ratio = targets[None, None, :, 4:6] / anchors[:, :, None, :]
+    worst = torch.maximum(ratio, 1 / ratio).amax(-1)
+    match = worst < assigner.anchor_t
+    flat = worst.reshape(n_levels * n_anchors, -1)
+    orphan = ~match.reshape(n_levels * n_anchors, -1).any(0)
+    best = torch.nn.functional.one_hot(flat.argmin(0), n_levels * n_anchors).T.bool()
+    forced_all = (best & orphan[None]).reshape(n_levels, n_anchors, -1)
+    out = []
+    for lvl, (h, w) in enumerate(grid_sizes):
+        stride, m, forced = float(assigner.strides[lvl]), match[lvl], forced_all[lvl]
+        a_idx, t_idx = (m | forced).nonzero(as_tuple=True)
+        own_only = forced[a_idx, t_idx] & ~m[a_idx, t_idx]
+        t = targets[t_idx]
+        gxy = t[:, 2:4] / stride
+        gxy_inv = torch.tensor([w, h], dtype=t.dtype) - gxy
+        g = assigner.neighbour
+        frac, frac_inv = gxy % 1, gxy_inv % 1
+        near = torch.stack((torch.ones_like(own_only),
+                            (frac[:, 0] < g) & (gxy[:, 0] > 1) & ~own_only,
+                            (frac[:, 1] < g) & (gxy[:, 1] > 1) & ~own_only,
+                            (frac_inv[:, 0] < g) & (gxy_inv[:, 0] > 1) & ~own_only,
+                            (frac_inv[:, 1] < g) & (gxy_inv[:, 1] > 1) & ~own_only))
+        o_idx, p_idx = near.nonzero(as_tuple=True)
+        gxy_p = gxy[p_idx]
+        cell = (gxy_p - offsets_table[o_idx] * g).floor()
+        cell[:, 0].clamp_(0, w - 1)
+        cell[:, 1].clamp_(0, h - 1)
+        tp = t[p_idx]
+        kpt = tp[:, 6:].reshape(-1, k, 3)
+        out.append({"batch": tp[:, 0].long(), "anchor": a_idx[p_idx], "gy": cell[:, 1].long(),
+                    "gx": cell[:, 0].long(), "box": torch.cat((gxy_p - cell, tp[:, 4:6] / stride), 1),
+                    "anchor_wh": anchors[lvl][a_idx[p_idx]] / stride, "cls": tp[:, 1].long(),
+                    "keypoints": torch.cat((kpt[..., :2] / stride - cell[:, None, :], kpt[..., 2:3]), -1),
+                    "target_index": t_idx[p_idx]})
+    return out
+
+
+def _random_targets(n: int, size: int, k: int, seed: int, batch: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.exp(torch.rand(n, 2, generator=g) * 6.5)            # 1 px .. 665 px: includes orphans
+    cxy = torch.rand(n, 2, generator=g) * size
+    cxy[: n // 8] = cxy[: n // 8].round()                          # centres on cell borders
+    t = torch.zeros(n, 6 + 3 * k)
+    t[:, 0] = torch.randint(0, batch, (n,), generator=g).float()
+    t[:, 1] = torch.randint(0, 3, (n,), generator=g).float()
+    t[:, 2:4], t[:, 4:6] = cxy, wh
+    t[:, 6::3] = torch.rand(n, k, generator=g) * size
+    t[:, 7::3] = torch.rand(n, k, generator=g) * size
+    t[:, 8::3] = torch.randint(0, 3, (n, k), generator=g).float()
+    return t
+
+
+@pytest.mark.parametrize("seed,n,size,levels", [(0, 300, 256, 4), (1, 57, 320, 4), (2, 120, 192, 3), (3, 0, 256, 4),
+                                                (4, 1, 64, 4)])
+def test_vectorised_assigner_equals_former_loop(seed: int, n: int, size: int, levels: int) -> None:
+    from yolopose.nn.model import default_anchors
+
+    strides = [8, 16, 32, 64][:levels]
+    assigner = AnchorAssigner(torch.tensor(default_anchors(levels)), strides)
+    targets = _random_targets(n, size, K, seed)
+    grids = [(size // s, size // s + 1) for s in strides]        # non-square grids too
+    got, want = assigner(targets, grids), _loop_assign(assigner, targets, grids)
+    assert len(got) == len(want) == levels
+    for lt, ref in zip(got, want):
+        for name, value in ref.items():
+            assert torch.equal(getattr(lt, name), value), name   # same positives, same order, same values
+
+
+# Values produced by the former per-level loss (commit e28213d) on ``_fixed_case``: the vectorised loss
+# must give the same numbers (float summation order may differ: relative 1e-6).
+_FIXED = {  # (K, C, seed, kpt_loss, ignore) -> (total, box, obj, cls, kpt, kpt_conf, |grad| sum per level)
+    (5, 1, 0, "oks", False): (3.293105363845825, 0.9075913429260254, 0.6796932816505432, 0.0, 0.9539495706558228,
+                              0.8212892413139343,
+                              (1.1131677627563477, 0.3589755892753601, 0.11960688978433609, 0.030857261270284653)),
+    (17, 1, 1, "oks", True): (2.944655418395996, 0.8686107993125916, 0.5755335092544556, 0.0, 0.9279702305793762,
+                              0.815323531627655,
+                              (0.907540500164032, 0.3328542113304138, 0.12883107364177704, 0.029854875057935715)),
+    (5, 3, 2, "oks", True): (4.199524879455566, 0.8446729183197021, 0.5723300576210022, 0.8348932266235352,
+                             0.9529809951782227, 0.7940660715103149,
+                             (1.3186737298965454, 0.5815154314041138, 0.2039823979139328, 0.032106272876262665)),
+    (5, 1, 3, "l1", False): (7.535661220550537, 0.8648260235786438, 0.6858504414558411, 0.0, 5.667191028594971,
+                             0.787933349609375,
+                             (2.940690517425537, 1.488300085067749, 0.5104866623878479, 0.0959913358092308)),
+}
+
+
+def _fixed_case(k: int, c: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Seeded raw maps (no model: independent of conv kernels), 40 targets incl. orphans and border centres."""
+    g = torch.Generator().manual_seed(seed)
+    size, strides, b = 256, [8, 16, 32, 64], 3
+    raws = [torch.randn(b, 3, size // s, size // s, 5 + c + 3 * k, generator=g) for s in strides]
+    n = 40
+    wh = torch.exp(torch.rand(n, 2, generator=g) * 6.0)
+    wh[:3] = torch.tensor([[1.0, 1.0], [2.0, 60.0], [250.0, 3.0]])
+    cxy = torch.rand(n, 2, generator=g) * size
+    cxy[3:6] = torch.tensor([[0.5, 0.5], [255.7, 1.0], [128.0, 128.0]])
+    t = torch.zeros(n, 6 + 3 * k)
+    t[:, 0] = torch.arange(n) % b
+    t[:, 1] = torch.randint(0, c, (n,), generator=g).float()
+    t[:, 2:4], t[:, 4:6] = cxy, wh
+    t[:, 6::3] = cxy[:, :1] + (torch.rand(n, k, generator=g) - 0.5) * wh[:, :1]
+    t[:, 7::3] = cxy[:, 1:] + (torch.rand(n, k, generator=g) - 0.5) * wh[:, 1:]
+    t[:, 8::3] = torch.randint(0, 3, (n, k), generator=g).float()
+    ignore = torch.tensor([[0.0, 10.0, 20.0, 120.0, 90.0], [2.0, 100.0, 100.0, 250.0, 250.0]])
+    return raws, t, ignore
+
+
+@pytest.mark.parametrize("case", list(_FIXED))
+def test_loss_values_and_gradients_unchanged(case: tuple) -> None:
+    from yolopose.nn.model import default_anchors
+
+    k, c, seed, kpt_loss, use_ignore = case
+    raws, targets, ignore = _fixed_case(k, c, seed)
+    raws = [r.requires_grad_() for r in raws]
+    loss = PoseLoss(k, c, torch.tensor(default_anchors(4)), [8, 16, 32, 64], default_sigmas(k), kpt_loss=kpt_loss)
+    total, parts = loss(raws, targets, ignore if use_ignore else None)
+    total.backward()
+    *values, grads = _FIXED[case]
+    got = [total.item()] + [parts[n].item() for n in ("box", "obj", "cls", "kpt", "kpt_conf")]
+    assert got == pytest.approx(values, rel=1e-6, abs=1e-7)
+    assert [r.grad.abs().sum().item() for r in raws] == pytest.approx(list(grads), rel=1e-6)
+
+
+def test_loss_under_bf16_autocast_is_float32_and_close() -> None:
+    """With bf16 raw maps (autocast) the loss is still computed in float32: close to the fp32 value."""
+    from yolopose.nn.model import default_anchors
+
+    raws, targets, ignore = _fixed_case(5, 1, 0)
+    loss = PoseLoss(5, 1, torch.tensor(default_anchors(4)), [8, 16, 32, 64], default_sigmas(5))
+    ref_total, _ = loss(raws, targets, ignore)
+    low = [r.to(torch.bfloat16).requires_grad_() for r in raws]
+    total, parts = loss(low, targets, ignore)
+    total.backward()
+    assert total.dtype == torch.float32 and all(v.dtype == torch.float32 for v in parts.values())
+    assert total.item() == pytest.approx(ref_total.item(), rel=2e-2)
+    assert all(r.grad is not None and r.grad.dtype == torch.bfloat16 and torch.isfinite(r.grad).all() for r in low)

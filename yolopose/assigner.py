@@ -5,6 +5,11 @@ its own cell and to the two neighbouring cells nearest its centre (left/right an
 that matches no anchor on any level (far smaller or larger than every anchor) is assigned to its
 best-ratio anchor, own cell only, so that every ground-truth object gets at least one positive (YOLOv5
 silently drops such targets).
+
+Every level is assigned at once: one ``(L, 5, A, T)`` mask of (level, cell offset, anchor, target)
+candidates and a single ``nonzero`` (the only host synchronisation), instead of two ``nonzero`` calls and
+a dozen small ops per level. The positives come out level by level, and within a level in exactly the
+order the former per-level loop produced (offset, then anchor, then target).
 """
 from __future__ import annotations
 
@@ -40,6 +45,24 @@ class LevelTargets:
     target_index: torch.Tensor
 
 
+@dataclass
+class Positives(LevelTargets):
+    """The positives of every level in one set of tensors, level by level (``LevelTargets`` fields plus ``level``).
+
+    Attributes:
+        level: ``(P,)`` long level index of each positive (non-decreasing).
+    """
+
+    level: torch.Tensor
+
+    def split(self, num_levels: int) -> list[LevelTargets]:
+        """One ``LevelTargets`` per level (costs a host synchronisation: the per-level counts)."""
+        counts = torch.bincount(self.level, minlength=num_levels).tolist()
+        fields = ("batch", "anchor", "gy", "gx", "box", "anchor_wh", "cls", "keypoints", "target_index")
+        parts = {f: getattr(self, f).split(counts) for f in fields}
+        return [LevelTargets(**{f: parts[f][i] for f in fields}) for i in range(num_levels)]
+
+
 class AnchorAssigner:
     """Match targets to anchors and cells on every level.
 
@@ -57,6 +80,7 @@ class AnchorAssigner:
         self.strides = list(strides)
         self.anchor_t = anchor_t
         self.neighbour = neighbour
+        self._constants: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def __call__(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]]) -> list[LevelTargets]:
         """Assign ``targets (T, 6 + 3K)`` rows ``[batch, cls, cx, cy, w, h, (x, y, v) * K]`` (input pixels).
@@ -64,9 +88,31 @@ class AnchorAssigner:
         Args:
             grid_sizes: ``(H_l, W_l)`` of each level's map.
         Returns:
-            one ``LevelTargets`` per level.
+            one ``LevelTargets`` per level (``assign(...).split(L)``).
         """
-        anchors = self.anchors.to(targets.device, targets.dtype)
+        return self.assign(targets, grid_sizes).split(len(grid_sizes))
+
+    def _level_constants(self, grid_sizes: list[tuple[int, int]], device: torch.device,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Anchors ``(L, A, 2)``, strides ``(L,)``, grid ``(w, h)`` ``(L, 2)`` and offsets ``(5, 2)`` on
+        ``device`` (cached: building them is a host-to-device copy each)."""
+        key = (tuple(map(tuple, grid_sizes)), device, dtype)
+        if key not in self._constants:
+            if len(self._constants) >= 16:   # a handful of input sizes at most; never grow without bound
+                self._constants.clear()
+            self._constants[key] = (
+                self.anchors.to(device, dtype),
+                torch.tensor(self.strides, device=device, dtype=dtype),
+                torch.tensor([[w, h] for h, w in grid_sizes], device=device, dtype=dtype),
+                _OFFSETS.to(device, dtype),
+            )
+        return self._constants[key]
+
+    def assign(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]]) -> Positives:
+        """The positives of every level at once, as ``Positives`` (see ``__call__`` for the arguments)."""
+        if len(grid_sizes) != len(self.strides):
+            raise ValueError(f"got {len(grid_sizes)} grid sizes for {len(self.strides)} levels")
+        anchors, strides, grid_wh, offsets = self._level_constants(grid_sizes, targets.device, targets.dtype)
         n_levels, n_anchors = anchors.shape[:2]
         k = (targets.shape[1] - 6) // 3
         # Ratio test of every target against every anchor of every level: (L, A, T).
@@ -75,44 +121,29 @@ class AnchorAssigner:
         match = worst < self.anchor_t
         # Fallback for targets no anchor accepts: their best-ratio anchor, own cell only.
         flat = worst.reshape(n_levels * n_anchors, -1)
-        orphan = ~match.reshape(n_levels * n_anchors, -1).any(0)                      # (T,)
-        best = torch.nn.functional.one_hot(flat.argmin(0), n_levels * n_anchors).T.bool()  # (L*A, T)
-        forced = (best & orphan[None]).reshape(n_levels, n_anchors, -1)
-        out = []
-        for lvl, (h, w) in enumerate(grid_sizes):
-            out.append(self._assign_level(targets, anchors[lvl], float(self.strides[lvl]), h, w,
-                                          match[lvl], forced[lvl], k))
-        return out
-
-    def _assign_level(self, targets: torch.Tensor, anchors: torch.Tensor, stride: float, h: int, w: int,
-                      match: torch.Tensor, forced: torch.Tensor, k: int) -> LevelTargets:
-        """Positives of one level; ``match``/``forced`` are ``(A, T)`` masks."""
-        a_idx, t_idx = (match | forced).nonzero(as_tuple=True)
-        own_only = forced[a_idx, t_idx] & ~match[a_idx, t_idx]
-        t = targets[t_idx]
-        gxy = t[:, 2:4] / stride
-        gxy_inv = torch.tensor([w, h], device=t.device, dtype=t.dtype) - gxy
+        orphan = ~match.reshape(n_levels * n_anchors, -1).any(0)                              # (T,)
+        best = flat.argmin(0)[None] == torch.arange(n_levels * n_anchors, device=targets.device)[:, None]
+        forced = (best & orphan[None]).reshape(n_levels, n_anchors, -1)                        # (L, A, T)
+        # Neighbour cells of each target centre on each level: (L, 4, T) for left, up, right, down.
+        gxy = targets[None, :, 2:4] / strides[:, None, None]                                   # (L, T, 2)
+        gxy_inv = grid_wh[:, None, :] - gxy
         g = self.neighbour
-        frac, frac_inv = gxy % 1, gxy_inv % 1
-        near = torch.stack((
-            torch.ones_like(own_only),
-            (frac[:, 0] < g) & (gxy[:, 0] > 1) & ~own_only,          # left neighbour
-            (frac[:, 1] < g) & (gxy[:, 1] > 1) & ~own_only,          # upper neighbour
-            (frac_inv[:, 0] < g) & (gxy_inv[:, 0] > 1) & ~own_only,  # right neighbour
-            (frac_inv[:, 1] < g) & (gxy_inv[:, 1] > 1) & ~own_only,  # lower neighbour
-        ))                                                            # (5, P0)
-        o_idx, p_idx = near.nonzero(as_tuple=True)
-        offsets = _OFFSETS.to(t.device, t.dtype)[o_idx] * g
-        gxy_p = gxy[p_idx]
-        cell = (gxy_p - offsets).floor()
-        cell[:, 0].clamp_(0, w - 1)
-        cell[:, 1].clamp_(0, h - 1)
-        tp = t[p_idx]
-        kpt = tp[:, 6:].reshape(-1, k, 3)
-        kxy = kpt[..., :2] / stride - cell[:, None, :]
-        return LevelTargets(
-            batch=tp[:, 0].long(), anchor=a_idx[p_idx], gy=cell[:, 1].long(), gx=cell[:, 0].long(),
-            box=torch.cat((gxy_p - cell, tp[:, 4:6] / stride), 1),
-            anchor_wh=anchors[a_idx[p_idx]] / stride, cls=tp[:, 1].long(),
-            keypoints=torch.cat((kxy, kpt[..., 2:3]), -1), target_index=t_idx[p_idx],
+        near = torch.cat((((gxy % 1) < g) & (gxy > 1), ((gxy_inv % 1) < g) & (gxy_inv > 1)), -1)
+        near = near.permute(0, 2, 1)                                                           # (L, 4, T)
+        cand = torch.cat(((match | forced)[:, None],                                           # own cell
+                          (match[:, None] & near[:, :, None, :])), 1)                          # (L, 5, A, T)
+        # Neighbours only for ratio matches: a forced (orphan) target keeps its own cell only.
+        lvl, o_idx, a_idx, t_idx = cand.nonzero(as_tuple=True)
+        t = targets[t_idx]
+        stride = strides[lvl][:, None]
+        gxy_p = t[:, 2:4] / stride
+        cell = (gxy_p - offsets[o_idx] * g).floor()
+        cell = torch.minimum(cell.clamp(min=0), grid_wh[lvl] - 1)
+        kpt = t[:, 6:].reshape(-1, k, 3)
+        kxy = kpt[..., :2] / stride[:, None] - cell[:, None, :]
+        return Positives(
+            batch=t[:, 0].long(), anchor=a_idx, gy=cell[:, 1].long(), gx=cell[:, 0].long(),
+            box=torch.cat((gxy_p - cell, t[:, 4:6] / stride), 1),
+            anchor_wh=anchors[lvl, a_idx] / stride, cls=t[:, 1].long(),
+            keypoints=torch.cat((kxy, kpt[..., 2:3]), -1), target_index=t_idx, level=lvl,
         )

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolopose.assigner import AnchorAssigner, LevelTargets
+from yolopose.assigner import AnchorAssigner, Positives
 from yolopose.geometry import ciou, decode_box_wh, decode_box_xy, decode_keypoint_xy, keypoint_similarity
 
 BALANCE: dict[int, tuple[float, ...]] = {3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25, 0.06), 5: (4.0, 1.0, 0.25, 0.06, 0.02)}
@@ -73,6 +73,7 @@ class PoseLoss(nn.Module):
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float32), persistent=False)
         self.assigner = AnchorAssigner(anchors, strides, anchor_t)
         self.strides = list(strides)
+        self._cell_index_cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, raws: list[torch.Tensor], targets: torch.Tensor,
                 ignore: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -86,78 +87,109 @@ class PoseLoss(nn.Module):
         Returns:
             ``(total, parts)``: the weighted sum times the batch size (a scalar with grad), and the
             detached unweighted parts ``box, obj, cls, kpt, kpt_conf``.
+
+        Computed in float32 at least, whatever the precision of ``raws`` (under fp16/bf16 autocast a
+        640 px coordinate would otherwise keep only 0.5 px / 4 px steps); only the gathered positives and
+        the objectness logits are cast, never the whole maps. All levels' positives are handled in one set
+        of tensors: the forward synchronises with the host once (the assigner's ``nonzero``), where the
+        per-level version did eight times.
         """
         batch = raws[0].shape[0]
-        targets = targets.to(raws[0].dtype)
-        levels = self.assigner(targets, [(r.shape[2], r.shape[3]) for r in raws])
-        zero = raws[0].new_zeros(())
-        sums = {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero}
-        counts = {"pos": 0, "kpt_inst": zero, "kpt_conf": 0}
-        obj = zero
+        dtype = torch.promote_types(raws[0].dtype, torch.float32)
+        targets = targets.to(dtype)
+        pos = self.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws])
+        tobjs, parts = self._positive_terms(raws, pos, dtype)
+        obj = raws[0].new_zeros((), dtype=dtype)
         in_h, in_w = raws[0].shape[2] * self.strides[0], raws[0].shape[3] * self.strides[0]
-        for lvl, (raw, lt) in enumerate(zip(raws, levels)):
-            tobj = torch.zeros(raw.shape[:4], device=raw.device, dtype=raw.dtype)
-            if lt.batch.numel():
-                self._positive_terms(raw, lt, tobj, sums, counts)
+        for lvl, (raw, tobj) in enumerate(zip(raws, tobjs)):
             weight = self._objectness_weight(raw, lvl, ignore, tobj)
-            obj = obj + self.balance[lvl] * F.binary_cross_entropy_with_logits(raw[..., 4], tobj, weight)
-        parts = {
-            "box": sums["box"] / max(counts["pos"], 1),
-            "obj": obj * (in_h * in_w) / 640.0**2,
-            "cls": sums["cls"] / max(counts["pos"], 1),
-            "kpt": sums["kpt"] / counts["kpt_inst"].clamp(min=1),
-            "kpt_conf": sums["kpt_conf"] / max(counts["kpt_conf"], 1),
-        }
+            obj = obj + self.balance[lvl] * F.binary_cross_entropy_with_logits(raw[..., 4].to(dtype), tobj, weight)
+        parts["obj"] = obj * (in_h * in_w) / 640.0**2
+        parts = {name: parts[name] for name in ("box", "obj", "cls", "kpt", "kpt_conf")}
         total = sum(self.weights[name] * value for name, value in parts.items()) * batch
         return total, {name: value.detach() for name, value in parts.items()}
 
-    def _positive_terms(self, raw: torch.Tensor, lt: LevelTargets, tobj: torch.Tensor,
-                        sums: dict[str, torch.Tensor], counts: dict) -> None:
-        """Add the box, class and keypoint terms of one level's positives; fill its objectness target."""
+    def _cell_index(self, raws: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """``(L, 3)`` long ``[offset, H, W]`` of each level in the concatenation of all levels' ``B*A*H*W``
+        cells (cached per input shape: building it is a host-to-device copy)."""
+        shapes = tuple(tuple(r.shape[:4]) for r in raws)
+        key = (shapes, device)
+        cache = self._cell_index_cache
+        if key not in cache:
+            if len(cache) >= 16:   # multi-scale training: a handful of shapes; never grow without bound
+                cache.clear()
+            offsets = [0]
+            for s in shapes[:-1]:
+                offsets.append(offsets[-1] + s[0] * s[1] * s[2] * s[3])
+            cache[key] = torch.tensor([[o, s[2], s[3]] for o, s in zip(offsets, shapes)], device=device)
+        return cache[key]
+
+    def _positive_terms(self, raws: list[torch.Tensor], pos: Positives,
+                        dtype: torch.dtype) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Box, class and keypoint terms of all positives; the objectness target ``(B, A, H, W)`` of each level.
+
+        Returns:
+            ``(tobjs, parts)``: one objectness target per level (the detached CIoU of the positives in a
+            cell, the best one when several share it, else 0) and the ``box, cls, kpt, kpt_conf`` parts.
+        """
         c, k = self.num_classes, self.num_keypoints
-        pred = raw[lt.batch, lt.anchor, lt.gy, lt.gx]                        # (P, 5 + C + 3K)
-        pbox = torch.cat((decode_box_xy(pred[:, :2]), decode_box_wh(pred[:, 2:4], lt.anchor_wh)), 1)
-        iou = ciou(pbox, lt.box)
-        sums["box"] = sums["box"] + (1 - iou).sum()
-        counts["pos"] += pred.shape[0]
+        device = raws[0].device
+        shapes = [r.shape[:4] for r in raws]
+        sizes = [s[0] * s[1] * s[2] * s[3] for s in shapes]
+        tobj_flat = torch.zeros(sum(sizes), device=device, dtype=dtype)
+        tobjs = [t.view(s) for t, s in zip(tobj_flat.split(sizes), shapes)]
+        zero = tobj_flat.new_zeros(())
+        n_pos = pos.batch.shape[0]
+        if n_pos == 0:
+            return tobjs, {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero}
+        # Gather every positive's raw row from its level: each level reads all P rows at valid indices
+        # (row 0 for the other levels' positives) and keeps its own; no per-level counts on the host.
+        pred = None
+        for lvl, raw in enumerate(raws):
+            mine = pos.level == lvl
+            rows = raw[torch.where(mine, pos.batch, 0), torch.where(mine, pos.anchor, 0),
+                       torch.where(mine, pos.gy, 0), torch.where(mine, pos.gx, 0)]
+            pred = rows if pred is None else torch.where(mine[:, None], rows, pred)
+        pred = pred.to(dtype)                                                  # (P, 5 + C + 3K)
+        pbox = torch.cat((decode_box_xy(pred[:, :2]), decode_box_wh(pred[:, 2:4], pos.anchor_wh)), 1)
+        iou = ciou(pbox, pos.box)
+        parts = {"box": (1 - iou).sum() / n_pos, "cls": zero}
         # Objectness target: the detached IoU; when several targets share an anchor the best one wins.
-        order = iou.detach().argsort()
-        tobj[lt.batch[order], lt.anchor[order], lt.gy[order], lt.gx[order]] = \
-            iou.detach()[order].clamp(min=0).to(tobj.dtype)
+        offset, h, w = self._cell_index(raws, device)[pos.level].unbind(1)
+        cell = offset + ((pos.batch * raws[0].shape[1] + pos.anchor) * h + pos.gy) * w + pos.gx
+        tobj_flat.scatter_reduce_(0, cell, iou.detach().clamp(min=0), "amax")
         if c > 1:
-            onehot = F.one_hot(lt.cls, c).to(pred.dtype)
-            sums["cls"] = sums["cls"] + F.binary_cross_entropy_with_logits(
-                pred[:, 5:5 + c], onehot, reduction="sum") / c
+            onehot = (pos.cls[:, None] == torch.arange(c, device=device)).to(dtype)
+            parts["cls"] = F.binary_cross_entropy_with_logits(pred[:, 5:5 + c], onehot, reduction="sum") / c / n_pos
         pk = pred[:, 5 + c:].reshape(-1, k, 3)
-        labelled = (lt.keypoints[..., 2] > 0).to(pred.dtype)                  # (P, K)
-        pxy, txy = decode_keypoint_xy(pk[..., :2]), lt.keypoints[..., :2]
+        labelled = (pos.keypoints[..., 2] > 0).to(dtype)                      # (P, K)
+        pxy, txy = decode_keypoint_xy(pk[..., :2]), pos.keypoints[..., :2]
         if self.kpt_loss == "oks":
-            area = lt.box[:, 2] * lt.box[:, 3]
+            area = pos.box[:, 2] * pos.box[:, 3]
             per_kpt = 1 - keypoint_similarity(pxy, txy, area, self.sigmas)
         else:
             per_kpt = (pxy - txy).abs().sum(-1)
         n_lab = labelled.sum(1)
         per_inst = (per_kpt * labelled).sum(1) / (n_lab + self.eps)
-        sums["kpt"] = sums["kpt"] + per_inst.sum()
-        counts["kpt_inst"] = counts["kpt_inst"] + (n_lab > 0).sum()
-        sums["kpt_conf"] = sums["kpt_conf"] + F.binary_cross_entropy_with_logits(
-            pk[..., 2], labelled, reduction="sum")
-        counts["kpt_conf"] += labelled.numel()
+        parts["kpt"] = per_inst.sum() / (n_lab > 0).sum().clamp(min=1)
+        parts["kpt_conf"] = F.binary_cross_entropy_with_logits(pk[..., 2], labelled, reduction="sum") / labelled.numel()
+        return tobjs, parts
 
     def _objectness_weight(self, raw: torch.Tensor, lvl: int, ignore: torch.Tensor | None,
                            tobj: torch.Tensor) -> torch.Tensor | None:
         """``(B, A, H, W)`` weights: 0 for negatives whose cell centre lies in a crowd region, else 1."""
         if ignore is None or ignore.numel() == 0:
             return None
-        b, a, h, w = raw.shape[:4]
+        b, _, h, w = raw.shape[:4]
         s = float(self.strides[lvl])
-        cx = (torch.arange(w, device=raw.device, dtype=raw.dtype) + 0.5) * s
-        cy = (torch.arange(h, device=raw.device, dtype=raw.dtype) + 0.5) * s
-        ign = ignore.to(raw.dtype)
+        dtype = tobj.dtype
+        cx = (torch.arange(w, device=raw.device, dtype=dtype) + 0.5) * s
+        cy = (torch.arange(h, device=raw.device, dtype=dtype) + 0.5) * s
+        ign = ignore.to(dtype)
         in_x = (cx[None] >= ign[:, 1:2]) & (cx[None] <= ign[:, 3:4])          # (M, W)
         in_y = (cy[None] >= ign[:, 2:3]) & (cy[None] <= ign[:, 4:5])          # (M, H)
-        inside = (in_y[:, :, None] & in_x[:, None, :]).reshape(len(ign), -1).to(raw.dtype)
-        covered = torch.zeros(b, h * w, device=raw.device, dtype=raw.dtype)
+        inside = (in_y[:, :, None] & in_x[:, None, :]).reshape(len(ign), -1).to(dtype)
+        covered = torch.zeros(b, h * w, device=raw.device, dtype=dtype)
         covered.index_add_(0, ign[:, 0].long(), inside)
         covered = covered.view(b, 1, h, w) > 0
-        return (~(covered & (tobj == 0))).to(raw.dtype)
+        return (~(covered & (tobj == 0))).to(dtype)
