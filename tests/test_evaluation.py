@@ -104,3 +104,104 @@ def test_empty_predictions_score_zero() -> None:
 def test_gather_without_process_group_is_identity() -> None:
     recs = [{"image_id": 1}]
     assert gather_records(recs, [1, 2]) == (recs, {1, 2})
+
+
+def _noisy_records(gt: dict, seed: int, extra_per_image: int = 3) -> list[dict]:
+    """GT jittered by 0-8 px plus random false positives: APs strictly between 0 and 1, every area range used."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for a in gt["annotations"]:
+        kp = np.array(a["keypoints"], dtype=float).reshape(K, 3)
+        kp[:, :2] += rng.normal(0, rng.uniform(0, 8), (K, 2))
+        kp[:, 2] = rng.uniform(0, 1, K)
+        x, y, w, h = a["bbox"]
+        box = [x + rng.normal(0, 4), y + rng.normal(0, 4), w * rng.uniform(0.8, 1.2), h * rng.uniform(0.8, 1.2)]
+        records.append({"image_id": a["image_id"], "category_id": 1, "bbox": [round(v, 2) for v in box],
+                        "keypoints": kp.reshape(-1).round(3).tolist(), "score": round(float(rng.uniform(0.2, 1)), 5)})
+    for img in gt["images"]:
+        for _ in range(extra_per_image):
+            w, h = rng.uniform(5, img["width"] / 2), rng.uniform(5, img["height"] / 2)
+            x, y = rng.uniform(0, img["width"] - w), rng.uniform(0, img["height"] - h)
+            kp = np.stack((rng.uniform(x, x + w, K), rng.uniform(y, y + h, K), rng.uniform(0, 1, K)), 1)
+            records.append({"image_id": img["id"], "category_id": 1, "bbox": [x, y, w, h],
+                            "keypoints": kp.reshape(-1).tolist(), "score": float(rng.uniform(0, 0.6))})
+    return records
+
+
+def test_metrics_equal_plain_pycocotools_and_records_untouched() -> None:
+    """Our evaluation (box AP on area ``all`` only, shallow record copies) gives exactly pycocotools' numbers."""
+    import copy
+
+    gt = _gt(num_images=12, seed=3)
+    gt["annotations"][0]["bbox"][2:] = [20.0, 20.0]          # a small object: area ranges differ
+    gt["annotations"][0]["area"] = 400.0
+    records = _noisy_records(gt, seed=4)
+    before = copy.deepcopy(records)
+    evaluator = CocoEvaluator(gt, default_sigmas(K).numpy())
+    metrics = evaluator.evaluate(records)
+    assert records == before
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    coco.createIndex()
+    dt = coco.loadRes(copy.deepcopy(records))
+    for iou_type, names in (("keypoints", {"kpt_AP": 0, "kpt_AP50": 1, "kpt_AP75": 2, "kpt_APm": 3, "kpt_APl": 4,
+                                           "kpt_AR": 5}), ("bbox", {"box_AP": 0, "box_AP50": 1})):
+        ev = COCOeval(coco, dt, iou_type)
+        ev.params.kpt_oks_sigmas = default_sigmas(K).numpy()
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+        for name, i in names.items():
+            assert metrics[name] == max(float(ev.stats[i]), 0.0), name
+    assert 0 < metrics["box_AP"] < 1 and 0 < metrics["kpt_AP"] < 1
+    assert "maxDets=100 ] = " in evaluator.summary.split("--- bbox ---")[1]
+    # a subset of images, as after a DDP gather
+    ids = {100, 101, 105}
+    sub = evaluator.evaluate(records, ids)
+    ev = COCOeval(coco, coco.loadRes(copy.deepcopy(records)), "bbox")
+    ev.params.imgIds = sorted(ids)
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert sub["box_AP"] == max(float(ev.stats[0]), 0.0) and sub["box_AP50"] == max(float(ev.stats[1]), 0.0)
+
+
+def _loop_records(det, meta: dict, category_ids: list[int]) -> list[dict]:
+    """The per-detection record builder this project used before it was vectorised (the reference)."""
+    from yolopose.postprocess import undo_letterbox
+
+    if int(det.num_dets) == 0:
+        return []
+    boxes, kpts = undo_letterbox(det.boxes.float(), det.keypoints.float(), meta["scale"], meta["pad"],
+                                 meta["orig_size"])
+    boxes, kpts = boxes.cpu().numpy(), kpts.cpu().numpy()
+    scores, labels = det.scores.float().cpu().numpy(), det.labels.cpu().numpy()
+    records = []
+    for i in range(len(scores)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        records.append({"image_id": int(meta["image_id"]), "category_id": int(category_ids[int(labels[i])]),
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "keypoints": [round(float(v), 3) for v in kpts[i].reshape(-1)],
+                        "score": round(float(scores[i]), 5)})
+    return records
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_records_equal_former_loop(seed: int) -> None:
+    from yolopose.postprocess import Detections
+
+    g = torch.Generator().manual_seed(seed)
+    d = 200
+    xy = torch.rand(d, 2, generator=g) * 700 - 30
+    boxes = torch.cat((xy, xy + torch.rand(d, 2, generator=g) * 300), 1)
+    kpts = torch.cat((torch.rand(d, K, 2, generator=g) * 800 - 50, torch.rand(d, K, 1, generator=g)), -1)
+    kpts[0, :, :2] = torch.tensor([0.0625, -0.0625])          # exact ties at 3 decimals: half to even
+    kpts[1, :, :2] = torch.tensor([-1e-5, 2.5e-3])           # rounds to -0.0
+    boxes[2] = torch.tensor([10.125, 0.005, 10.375, 20.0])
+    scores = torch.rand(d, generator=g)
+    scores[0] = 0.5
+    labels = torch.randint(0, 3, (d,), generator=g)
+    det = Detections(torch.tensor(d), boxes, scores, labels, kpts)
+    meta = {"image_id": np.int64(7), "orig_size": (480, 640), "scale": [1.0, 0.5, 0.83, 1.25][seed],
+            "pad": [(0.0, 0.0), (0.0, 80.0), (12.5, 3.0), (7.0, 0.0)][seed]}
+    got, want = detections_to_records(det, meta, [1, 5, 9]), _loop_records(det, meta, [1, 5, 9])
+    assert json.dumps(got) == json.dumps(want)
+    assert got == want and [type(v) for v in got[0].values()] == [type(v) for v in want[0].values()]
+    assert detections_to_records(Detections(torch.tensor(0), boxes[:0], scores[:0], labels[:0], kpts[:0]),
+                                 meta, [1]) == []

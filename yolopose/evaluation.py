@@ -29,24 +29,27 @@ def detections_to_records(det: Detections, meta: dict, category_ids: list[int]) 
         det: the valid detections of one image (``Detections.image(b)``).
         meta: ``image_id``, ``orig_size (h, w)``, ``scale``, ``pad (x, y)`` of the letterbox.
         category_ids: COCO category id of each class index.
+    Returns:
+        one dict per detection: ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]`` rounded to 0.01 px,
+        ``keypoints`` ``[x, y, c] * K`` rounded to 0.001, ``score`` rounded to 1e-5.
+
+    Rounding is done on whole float64 arrays: the float32 values times 10^d are exact in float64, so
+    ``rint`` rounds half to even exactly as Python's ``round(float(v), d)`` does, value for value (about
+    10x faster than rounding 3K + 5 Python floats per detection).
     """
     if int(det.num_dets) == 0:
         return []
     boxes, kpts = undo_letterbox(det.boxes.float(), det.keypoints.float(), meta["scale"], meta["pad"],
                                  meta["orig_size"])
-    boxes, kpts = boxes.cpu().numpy(), kpts.cpu().numpy()
-    scores, labels = det.scores.float().cpu().numpy(), det.labels.cpu().numpy()
-    records = []
-    for i in range(len(scores)):
-        x1, y1, x2, y2 = (float(v) for v in boxes[i])
-        records.append({
-            "image_id": int(meta["image_id"]),
-            "category_id": int(category_ids[int(labels[i])]),
-            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-            "keypoints": [round(float(v), 3) for v in kpts[i].reshape(-1)],
-            "score": round(float(scores[i]), 5),
-        })
-    return records
+    boxes = boxes.cpu().numpy().astype(np.float64)
+    xywh = np.concatenate((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), 1)
+    kpts = kpts.cpu().numpy().astype(np.float64).reshape(len(boxes), -1)
+    scores = det.scores.float().cpu().numpy().astype(np.float64)
+    cats = np.asarray(category_ids, dtype=np.int64)[det.labels.cpu().numpy()]
+    image_id = int(meta["image_id"])
+    return [{"image_id": image_id, "category_id": c, "bbox": b, "keypoints": k, "score": sc}
+            for c, b, k, sc in zip(cats.tolist(), np.round(xywh, 2).tolist(), np.round(kpts, 3).tolist(),
+                                   np.round(scores, 5).tolist())]
 
 
 def gather_records(records: list[dict], image_ids: list[int]) -> tuple[list[dict], set[int]]:
@@ -89,7 +92,11 @@ class CocoEvaluator:
         """Keypoint and box metrics of ``records`` over ``image_ids`` (default: every GT image).
 
         An empty record list scores 0 (pycocotools' ``loadRes([])`` would raise). The printed
-        pycocotools summaries are kept in ``self.summary``.
+        pycocotools keypoint summary and the two box lines are kept in ``self.summary``.
+
+        ``records`` are not modified (``loadRes`` adds keys to each dict: it gets shallow copies). The box
+        evaluation runs on the ``all`` area range only, the one ``box_AP``/``box_AP50`` read: the same
+        numbers as a full ``COCOeval`` for a quarter of its per-image work.
         """
         metrics = {name: 0.0 for name in (*KPT_STATS, *BOX_STATS)}
         if not records:
@@ -97,24 +104,42 @@ class CocoEvaluator:
             return metrics
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            dt = self.coco.loadRes(copy.deepcopy(records))
+            dt = self.coco.loadRes([dict(r) for r in records])
             for iou_type in ("keypoints", "bbox"):
                 ev = COCOeval(self.coco, dt, iou_type)
                 if iou_type == "keypoints":
                     ev.params.kpt_oks_sigmas = self.sigmas
+                else:
+                    ev.params.areaRng, ev.params.areaRngLbl = ev.params.areaRng[:1], ev.params.areaRngLbl[:1]
                 if image_ids is not None:
                     ev.params.imgIds = sorted(image_ids)
                 print(f"--- {iou_type} ---")
                 ev.evaluate()
                 ev.accumulate()
-                ev.summarize()
-                stats = [max(float(s), 0.0) for s in ev.stats]  # -1 means "no GT in range": report 0
                 if iou_type == "keypoints":
+                    ev.summarize()
+                    stats = [max(float(s), 0.0) for s in ev.stats]  # -1 means "no GT in range": report 0
                     metrics.update({name: stats[i] for i, name in enumerate(KPT_STATS)})
                 else:
-                    metrics.update({name: stats[i] for name, i in BOX_STATS.items()})
+                    for name, iou in (("box_AP", None), ("box_AP50", 0.5)):
+                        metrics[name] = max(_average_precision(ev, iou), 0.0)
         self.summary = out.getvalue()
         return metrics
+
+
+def _average_precision(ev: COCOeval, iou_threshold: float | None, max_dets: int = 100) -> float:
+    """AP over area ``all`` at ``max_dets`` of an accumulated ``COCOeval``, at one IoU threshold or averaged over
+    all: exactly ``COCOeval.summarize``'s formula (``stats[0]`` and ``stats[1]``), printed in its format."""
+    p = ev.params
+    precision = ev.eval["precision"]                                   # (T, R, K, A, M)
+    if iou_threshold is not None:
+        precision = precision[np.where(iou_threshold == p.iouThrs)[0]]
+    precision = precision[:, :, :, [p.areaRngLbl.index("all")], [p.maxDets.index(max_dets)]]
+    value = float(np.mean(precision[precision > -1])) if (precision > -1).any() else -1.0
+    iou_text = f"{p.iouThrs[0]:0.2f}:{p.iouThrs[-1]:0.2f}" if iou_threshold is None else f"{iou_threshold:0.2f}"
+    print(f" {'Average Precision':<18} {'(AP)'} @[ IoU={iou_text:<9} | area={'all':>6s} | maxDets={max_dets:>3d} ] "
+          f"= {value:0.3f}")
+    return value
 
 
 def format_table(metrics: dict[str, float]) -> str:
