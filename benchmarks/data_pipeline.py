@@ -6,7 +6,7 @@ By default it writes COCO-sized JPEGs (640x480, 640x427, 480x640) with natural-i
 random persons into a temp dir; ``--images DIR --ann FILE`` measures a real COCO keypoints split.
 Numbers are per core unless ``--threads`` says otherwise (OpenCV and torch are pinned to it).
 
-    python benchmarks/data_pipeline.py [--profile] [--size 640] [--repeats 5]
+    python -m benchmarks.data_pipeline [--quick] [--profile] [--size 640] [--repeats 5] [--images DIR --ann FILE]
 """
 from __future__ import annotations
 
@@ -14,18 +14,17 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 
+from benchmarks.common import Config, Table, load_note, machine_line, print_table, set_threads
 from yolopose.data.augment import AugmentConfig
 from yolopose.data.coco import CocoKeypoints
 from yolopose.data.coco_person import coco_person_category
@@ -79,6 +78,57 @@ def rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float], float
     return statistics.median(rates), rates, statistics.median(cpu_rates)
 
 
+def pipeline_rows(reader: CocoKeypoints, items: int, size: int, batch: int,
+                  repeats: int) -> tuple[list[list[object]], Callable[[], int]]:
+    """Rows ``[pipeline, img/s, ms/img, spread, CPU img/s, x decode rate]`` for JPEG decode (the reference),
+    the training and the validation pipeline over ``items`` images; also the training pass (for profiling)."""
+    files = [reader.image_path(i % len(reader)) for i in range(items)]
+    train = TrainDataset(reader, size, AugmentConfig())
+    train.seed(0)
+    val = ValDataset(reader, size)
+
+    def decode() -> int:
+        for f in files:
+            cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_COLOR)
+        return len(files)
+
+    def batches(ds: TrainDataset | ValDataset) -> Callable[[], int]:
+        def run() -> int:
+            for start in range(0, items, batch):
+                collate([ds[i % len(ds)] for i in range(start, min(start + batch, items))])
+            return items
+        return run
+
+    results = [("JPEG decode only (reference)", rate(decode, repeats)),
+               ("train: mosaic+affine+HSV+flip+collate", rate(batches(train), repeats)),
+               ("val: letterbox+collate", rate(batches(val), repeats))]
+    ref = results[0][1][0]
+    rows = [[name, f"{median:.1f}", f"{1000 / median:.2f}", f"{min(all_rates):.1f}-{max(all_rates):.1f}",
+             f"{cpu:.1f}", f"{median / ref:.2f}"] for name, (median, all_rates, cpu) in results]
+    return rows, batches(train)
+
+
+HEADER = ["pipeline", "img/s", "ms/img", "spread img/s", "CPU-time img/s", "x decode rate"]
+
+
+def run(cfg: Config, count: int | None = None, items: int | None = None, size: int = 640, batch: int = 16,
+        repeats: int | None = None) -> list[Table]:
+    """The data-pipeline table on generated COCO-sized JPEGs (``python -m benchmarks --only data``)."""
+    count = count or (16 if cfg.quick else 64)
+    items = items or (32 if cfg.quick else 96)
+    repeats = repeats or (3 if cfg.quick else 5)
+    set_threads(cfg.threads)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp, load_note(notes):
+        ann, image_dir = write_dataset(Path(tmp), count)
+        rows, _ = pipeline_rows(CocoKeypoints(ann, image_dir), items, size, batch, repeats)
+    return [Table(f"Data pipeline per worker ({cfg.threads} OpenCV/torch thread(s), no DataLoader; {count} generated "
+                  f"COCO-sized JPEGs, {size}x{size} output, batch {batch}, median of {repeats} x {items} images)",
+                  HEADER, rows,
+                  [("A DataLoader worker runs exactly this loop: images/s per worker. The CPU-time rate (this "
+                   "process's CPU seconds) is the steadier figure on a shared machine."), *notes])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, help="image folder of a real COCO keypoints split")
@@ -89,47 +139,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="OpenCV/torch threads (default 1: per core)")
+    parser.add_argument("--quick", action="store_true", help="16 images, 32 items, 3 repeats")
     parser.add_argument("--profile", action="store_true", help="cProfile one training pass")
     args = parser.parse_args()
-    cv2.setNumThreads(args.threads)
-    torch.set_num_threads(args.threads)
-
+    if args.quick:
+        args.count, args.items, args.repeats = 16, 32, 3
+    set_threads(args.threads)
+    cfg = Config(quick=args.quick, threads=args.threads)
+    print(machine_line(cfg))
     with tempfile.TemporaryDirectory() as tmp:
+        if not args.ann and not args.profile:
+            for table in run(cfg, args.count, args.items, args.size, args.batch, args.repeats):
+                print_table(table)
+            return
         ann, image_dir = (args.ann, args.images) if args.ann else write_dataset(Path(tmp), args.count)
-        reader = CocoKeypoints(ann, image_dir)
-        n = args.items
-        files = [reader.image_path(i % len(reader)) for i in range(n)]
-        train = TrainDataset(reader, args.size, AugmentConfig())
-        train.seed(0)
-        val = ValDataset(reader, args.size)
-
-        def decode() -> int:
-            for f in files:
-                cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_COLOR)
-            return len(files)
-
-        def batches(ds: TrainDataset | ValDataset) -> Callable[[], int]:
-            def run() -> int:
-                for start in range(0, n, args.batch):
-                    collate([ds[i % len(ds)] for i in range(start, min(start + args.batch, n))])
-                return n
-            return run
-
-        load_before = os.getloadavg()[0]
-        results = [("JPEG decode only (reference)", rate(decode, args.repeats)),
-                   ("train: mosaic+affine+HSV+flip", rate(batches(train), args.repeats)),
-                   ("val: letterbox", rate(batches(val), args.repeats))]
+        notes: list[str] = []
+        with load_note(notes):
+            rows, train_pass = pipeline_rows(CocoKeypoints(ann, image_dir), args.items, args.size, args.batch,
+                                             args.repeats)
         source = f"{args.ann}" if args.ann else f"{args.count} generated COCO-sized JPEGs"
-        print(f"\n{source}, output {args.size}x{args.size}, batch {args.batch}, {args.threads} thread(s), "
-              f"median of {args.repeats} x {n} images; load average {load_before:.2f} before, "
-              f"{os.getloadavg()[0]:.2f} after (this run adds ~1; more: other work shared the cores)")
-        print(f"{'pipeline':34s} {'img/s':>8s} {'ms/img':>8s} {'spread img/s':>16s} {'CPU img/s':>10s}")
-        for name, (median, all_rates, cpu) in results:
-            print(f"{name:34s} {median:8.1f} {1000 / median:8.2f} {min(all_rates):7.1f}-{max(all_rates):<7.1f}  "
-                  f"{cpu:9.1f}")
+        print_table(Table(f"Data pipeline per worker ({source}, {args.size}x{args.size}, batch {args.batch}, "
+                          f"{args.threads} thread(s), median of {args.repeats} x {args.items} images)",
+                          HEADER, rows, notes))
         if args.profile:
             prof = cProfile.Profile()
-            prof.runcall(batches(train))
+            prof.runcall(train_pass)
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
             print("\ncProfile of one training pass (tottime):")

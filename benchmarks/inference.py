@@ -5,7 +5,7 @@
 1. The exported graph (network + decode + NMS, ``yolopose.export``) of ``n`` and ``s`` at batch 1 in
    onnxruntime, the same ``DeployModel`` in PyTorch eager, and the FLOP floor: model GFLOPs / a 3x3
    conv's GFLOP/s measured in the same run on the same threads.
-2. decode + ``select_detections`` for an image with 1 and with 100 people (well-separated clusters of
+2. decode + ``select_detections`` for an image with 1, 10 and 100 people (well-separated clusters of
    high-score boxes over the usual low-score background), in PyTorch and as an ONNX graph, at the deploy
    threshold (0.25: candidates grow with people) and the validation one (0.001: always ``top_k``).
 
@@ -24,7 +24,8 @@ import warnings
 
 import torch
 
-from benchmarks.common import conv3x3_gflops, median_time, print_table
+from benchmarks.common import (Config, Table, conv3x3_gflops, load_average, load_note, machine_line, median_time,
+                               print_table, set_threads)
 from yolopose import YOLOPose
 from yolopose.geometry import decode
 from yolopose.nn.complexity import count_macs
@@ -80,10 +81,10 @@ def latency_rows(variants: str, size: int, repeats: int, threads: int, conv_rate
         gflops = 2 * count_macs(model, size) / 1e9
         deploy = DeployModel(model, 1, conf=0.25, iou=0.65, max_det=100, top_k=1000).eval()
         with torch.inference_mode():
-            t_torch = median_time(lambda: deploy(x), repeats=repeats)
+            t_torch = median_time(lambda d=deploy: d(x), repeats=repeats)
         sess = ort_session(to_onnx(deploy, (x,), ["images"]), threads)
         feed = {"images": x.numpy()}
-        t_ort = median_time(lambda: sess.run(None, feed), repeats=repeats)
+        t_ort = median_time(lambda s=sess, f=feed: s.run(None, f), repeats=repeats)
         floor = gflops / conv_rate
         rows.append([v, size, f"{gflops:.1f}", f"{floor * 1e3:.1f}", f"{t_torch * 1e3:.1f}", f"{t_ort * 1e3:.1f}",
                      f"{t_torch / t_ort:.2f}", f"{t_ort / floor:.2f}"])
@@ -133,32 +134,71 @@ class DecodeSelect(torch.nn.Module):
         return det.num_dets, det.boxes, det.scores, det.labels, det.keypoints
 
 
-def nms_rows(size: int, repeats: int, threads: int) -> list[list[object]]:
+def nms_rows(size: int, repeats: int, threads: int, people_counts: tuple[int, ...] = (1, 10, 100)) -> list[list[object]]:
+    """Rows ``[conf, people, candidates, detections, PyTorch ms, ONNX Runtime ms]`` of decode + select_detections."""
+    import onnx
+
     from yolopose.export import set_nms_thresholds
     from yolopose.nn.model import default_anchors
-
-    import onnx
 
     anchors = torch.tensor(default_anchors(4))
     rows = []
     graph = None
     for conf in (0.25, 0.001):
         module = DecodeSelect(anchors, conf)
-        for people in (1, 100):
+        for people in people_counts:
             raws = crowd_raws(people, size)
             with torch.inference_mode():
                 det = module(*raws)
                 cands = int((decode(raws, anchors, STRIDES, 1)[..., 4] > conf).sum())
-                t_torch = median_time(lambda: module(*raws), repeats=repeats)
+                t_torch = median_time(lambda m=module, r=raws: m(*r), repeats=repeats)
             if graph is None:
                 graph = onnx.load_from_string(to_onnx(module, tuple(raws), [f"raw{i}" for i in range(4)]))
             sess = ort_session(set_nms_thresholds(graph, conf=conf).SerializeToString(), threads)
             feed = {f"raw{i}": r.numpy() for i, r in enumerate(raws)}
             got = sess.run(None, feed)
             assert int(got[0][0]) == int(det[0][0]), "onnxruntime and PyTorch disagree on the detections"
-            t_ort = median_time(lambda: sess.run(None, feed), repeats=repeats)
+            t_ort = median_time(lambda s=sess, f=feed: s.run(None, f), repeats=repeats)
             rows.append([conf, people, min(cands, 1000), int(det[0][0]), f"{t_torch * 1e3:.2f}", f"{t_ort * 1e3:.2f}"])
     return rows
+
+
+def nms_title(size: int) -> str:
+    return (f"decode + select_detections at {size}x{size} (N = {3 * sum((size // s) ** 2 for s in STRIDES)} "
+            "predictions, top_k 1000, max_det 300)")
+
+
+NMS_HEADER = ["conf", "people", "candidates > conf (<= top_k)", "detections", "PyTorch ms", "ONNX Runtime ms"]
+LATENCY_HEADER = ["variant", "size", "GFLOPs", "FLOP floor ms", "PyTorch eager ms", "ONNX Runtime ms", "eager / ORT",
+                  "ORT / floor"]
+
+
+def run_latency(cfg: Config, size: int | None = None, repeats: int | None = None) -> list[Table]:
+    """Deployed-model latency table (``python -m benchmarks --only inference``): CPU, ``cfg.threads`` threads."""
+    size = size or (320 if cfg.quick else 640)
+    repeats = repeats or (3 if cfg.quick else 10)
+    set_threads(cfg.threads)
+    notes: list[str] = []
+    with load_note(notes):
+        rate = conv3x3_gflops()
+        rows = latency_rows("n" if cfg.quick else "ns", size, repeats, cfg.threads, rate)
+    return [Table(f"Deployed model latency, batch 1, {size}x{size}, K={K} (network + decode + NMS; CPU, "
+                  f"{cfg.threads} thread(s), median of {repeats})", LATENCY_HEADER, rows,
+                  [(f"3x3 conv reference rate measured now: {rate:.0f} GFLOP/s; floor = GFLOPs / that rate. BatchNorm "
+                   "statistics measured on generated scenes (see benchmarks/inference.py)."), *notes])]
+
+
+def run_nms(cfg: Config, size: int = 640, repeats: int | None = None,
+            people: tuple[int, ...] = (1, 10, 100)) -> list[Table]:
+    """decode + NMS table at 1/10/100 people (``python -m benchmarks --only nms``)."""
+    repeats = repeats or (5 if cfg.quick else 10)
+    set_threads(cfg.threads)
+    notes: list[str] = []
+    with load_note(notes):
+        rows = nms_rows(size, repeats, cfg.threads, people)
+    return [Table(nms_title(size) + f" (CPU, {cfg.threads} thread(s), median of {repeats})", NMS_HEADER, rows,
+                  ["conf 0.25: deploy threshold (candidates grow with people); 0.001: validation (always top_k).",
+                   *notes])]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,22 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="3 repeats (sizes unchanged)")
     a = p.parse_args(argv)
     repeats = 3 if a.quick else a.repeats
-    torch.set_num_threads(a.threads)
-    import onnxruntime
-
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {a.threads} threads, "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    rate = conv3x3_gflops()
-    print(f"3x3 conv reference rate measured now: {rate:.0f} GFLOP/s")
-    print_table(f"Deployed model latency, batch 1, {a.size}x{a.size}, K={K} (network + decode + NMS)",
-                ["variant", "size", "GFLOPs", "FLOP floor ms", "PyTorch eager ms", "ONNX Runtime ms",
-                 "eager / ORT", "ORT / floor"], latency_rows("ns", a.size, repeats, a.threads, rate))
-    print_table(f"decode + select_detections at {a.size}x{a.size} (N = {3 * sum((a.size // s) ** 2 for s in STRIDES)} "
-                "predictions, top_k 1000, max_det 300)",
-                ["conf", "people", "candidates > conf (<= top_k)", "detections", "PyTorch ms", "ONNX Runtime ms"],
-                nms_rows(a.size, max(repeats, 5), a.threads))
-    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"(other jobs on these {os.cpu_count()} cores inflate every figure)")
+    cfg = Config(quick=a.quick, threads=a.threads)
+    print(machine_line(cfg))
+    for table in run_latency(cfg, a.size, repeats) + run_nms(cfg, a.size, max(repeats, 5)):
+        print_table(table)
+    print(f"\nload average after: {load_average()} (other jobs on these {os.cpu_count()} cores inflate every figure)")
 
 
 if __name__ == "__main__":
