@@ -64,7 +64,8 @@ def ciou(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.T
     t1, t2 = target[:, :2] - target[:, 2:] / 2, target[:, :2] + target[:, 2:] / 2
     wp, hp = pred[:, 2], pred[:, 3] + eps
     wt, ht = target[:, 2], target[:, 3] + eps
-    inter = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0).prod(-1)
+    overlap = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0)
+    inter = overlap[:, 0] * overlap[:, 1]  # not prod(): its backward checks for zeros on the host
     union = wp * hp + wt * ht - inter + eps
     iou = inter / union
     enclose = torch.maximum(p2, t2) - torch.minimum(p1, t1)

@@ -123,6 +123,11 @@ class Detections:
     labels: torch.Tensor
     keypoints: torch.Tensor
 
+    def to(self, device: torch.device | str) -> "Detections":
+        """The same detections on ``device`` (one copy per field, e.g. to read them on the host)."""
+        return Detections(*(t.to(device) for t in (self.num_dets, self.boxes, self.scores, self.labels,
+                                                    self.keypoints)))
+
     def image(self, b: int) -> "Detections":
         """The valid detections of image ``b`` (leading dim 1 removed, trailing padding cut)."""
         n = int(self.num_dets[b])
