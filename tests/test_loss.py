@@ -105,6 +105,32 @@ def test_l1_keypoint_loss_alternative() -> None:
         PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(K), kpt_loss="l2")
 
 
+def test_scaled_l1_helper_keeps_gradient_where_oks_saturates() -> None:
+    """kpt_l1 = L1 / sqrt(area): 0 at the target, linear in the error, and its gradient stays when a
+    keypoint is so far off that 1 - OKS is flat (the reason the optional term exists)."""
+    model, _, _ = _setup()
+    t = _targets([(0, 100.0, 90.0, 60.0, 120.0)])
+    parts, grads = [], []
+    for weight in (0.0, 0.1):
+        loss = PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(K), kpt_l1_weight=weight)
+        for shift in (0.0, 1.0, 2.0, 8.0):
+            with torch.no_grad():
+                raws = [torch.zeros_like(r) for r in model(torch.zeros(1, 3, 256, 256))]
+                _encode_exact(raws, loss, t, shift)
+            raws = [r.requires_grad_() for r in raws]
+            total, p = loss(raws, t)
+            total.backward()
+            parts.append(p)
+            grads.append(sum(r.grad[..., 6:].unflatten(-1, (K, 3))[..., :2].abs().sum() for r in raws).item())
+    l1 = [p["kpt_l1"].item() for p in parts[:4]]
+    assert l1[0] < 1e-6
+    assert l1[2] == pytest.approx(2 * l1[1], rel=1e-4) and l1[3] == pytest.approx(8 * l1[1], rel=1e-4)
+    assert parts[3]["kpt"].item() > 0.999                     # 8 cells off: OKS has given up ...
+    assert grads[3] < 1e-3 * grads[1]                         # ... and so has its gradient,
+    assert grads[7] > 0.1 * grads[5]                          # but not with the L1 helper on
+    assert [p["kpt_l1"].item() for p in parts[4:]] == pytest.approx(l1)
+
+
 @pytest.mark.parametrize("case", ["no_people", "no_labelled_keypoints"])
 def test_loss_finite_without_people_or_keypoints(case: str) -> None:
     model, loss, _ = _setup()

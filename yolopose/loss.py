@@ -18,6 +18,10 @@ keypoints      0.30     1 - OKS in [0, 1]; the reference's 0.1 on a sum over ~3 
 keypoint conf  0.05     BCE; the reference's ~0.005 is an artefact of scaling it like a class
                         loss with C = 1. It is not used by OKS AP, only to decide which
                         keypoints to draw, so it stays small but is trained visibly.
+keypoint L1    0.00     optional helper: L1 distance divided by the object scale sqrt(area). OKS
+                        saturates: a keypoint more than ~3 s*k away gets almost no gradient, and
+                        in short runs about a quarter of the limbs sit there. A small weight keeps
+                        pulling them in; it is off by default (the paper's loss is OKS alone).
 =============  =======  =======================================================================
 
 The total is multiplied by the batch size (as YOLOv5 does) so that SGD at lr 0.01 - the paper's
@@ -48,7 +52,8 @@ class PoseLoss(nn.Module):
         strides: ``L`` strides.
         sigmas: ``(K,)`` OKS sigmas of the dataset (see ``yolopose.geometry.default_sigmas``).
         kpt_loss: ``"oks"`` (1 - OKS, the paper's) or ``"l1"`` (L1 distance in grid units, for the ablation).
-        box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight: see the module docstring.
+        box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight: see the module
+            docstring.
         anchor_t: assigner width/height ratio limit.
         balance: objectness weight per level; defaults to ``BALANCE[L]``.
         eps: added to the number of labelled keypoints of an instance before dividing.
@@ -57,7 +62,7 @@ class PoseLoss(nn.Module):
     def __init__(self, num_keypoints: int, num_classes: int, anchors: torch.Tensor, strides: list[int],
                  sigmas: torch.Tensor, kpt_loss: Literal["oks", "l1"] = "oks", box_weight: float = 0.10,
                  obj_weight: float = 1.0, cls_weight: float = 0.5, kpt_weight: float = 0.30,
-                 kpt_conf_weight: float = 0.05, anchor_t: float = 4.0, balance: list[float] | None = None,
+                 kpt_conf_weight: float = 0.05, kpt_l1_weight: float = 0.0, anchor_t: float = 4.0, balance: list[float] | None = None,
                  eps: float = 1e-6) -> None:
         super().__init__()
         if kpt_loss not in ("oks", "l1"):
@@ -67,7 +72,7 @@ class PoseLoss(nn.Module):
             raise ValueError(f"got {len(sigmas)} sigmas for {num_keypoints} keypoints")
         self.num_keypoints, self.num_classes, self.kpt_loss = num_keypoints, num_classes, kpt_loss
         self.weights = {"box": box_weight, "obj": obj_weight, "cls": cls_weight, "kpt": kpt_weight,
-                        "kpt_conf": kpt_conf_weight}
+                        "kpt_conf": kpt_conf_weight, "kpt_l1": kpt_l1_weight}
         self.balance = list(balance) if balance is not None else list(BALANCE[anchors.shape[0]])
         self.eps = eps
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float32), persistent=False)
@@ -86,7 +91,7 @@ class PoseLoss(nn.Module):
                 anchors get no objectness loss.
         Returns:
             ``(total, parts)``: the weighted sum times the batch size (a scalar with grad), and the
-            detached unweighted parts ``box, obj, cls, kpt, kpt_conf``.
+            detached unweighted parts ``box, obj, cls, kpt, kpt_conf, kpt_l1``.
 
         Computed in float32 at least, whatever the precision of ``raws`` (under fp16/bf16 autocast a
         640 px coordinate would otherwise keep only 0.5 px / 4 px steps); only the gathered positives and
@@ -105,7 +110,7 @@ class PoseLoss(nn.Module):
             weight = self._objectness_weight(raw, lvl, ignore, tobj)
             obj = obj + self.balance[lvl] * F.binary_cross_entropy_with_logits(raw[..., 4].to(dtype), tobj, weight)
         parts["obj"] = obj * (in_h * in_w) / 640.0**2
-        parts = {name: parts[name] for name in ("box", "obj", "cls", "kpt", "kpt_conf")}
+        parts = {name: parts[name] for name in ("box", "obj", "cls", "kpt", "kpt_conf", "kpt_l1")}
         total = sum(self.weights[name] * value for name, value in parts.items()) * batch
         return total, {name: value.detach() for name, value in parts.items()}
 
@@ -141,7 +146,7 @@ class PoseLoss(nn.Module):
         zero = tobj_flat.new_zeros(())
         n_pos = pos.batch.shape[0]
         if n_pos == 0:
-            return tobjs, {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero}
+            return tobjs, {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero, "kpt_l1": zero}
         # Gather every positive's raw row from its level: each level reads all P rows at valid indices
         # (row 0 for the other levels' positives) and keeps its own; no per-level counts on the host.
         pred = None
@@ -164,14 +169,14 @@ class PoseLoss(nn.Module):
         pk = pred[:, 5 + c:].reshape(-1, k, 3)
         labelled = (pos.keypoints[..., 2] > 0).to(dtype)                      # (P, K)
         pxy, txy = decode_keypoint_xy(pk[..., :2]), pos.keypoints[..., :2]
-        if self.kpt_loss == "oks":
-            area = pos.box[:, 2] * pos.box[:, 3]
-            per_kpt = 1 - keypoint_similarity(pxy, txy, area, self.sigmas)
-        else:
-            per_kpt = (pxy - txy).abs().sum(-1)
+        area = pos.box[:, 2] * pos.box[:, 3]
+        l1 = (pxy - txy).abs().sum(-1)                                        # (P, K) grid units
+        per_kpt = 1 - keypoint_similarity(pxy, txy, area, self.sigmas) if self.kpt_loss == "oks" else l1
         n_lab = labelled.sum(1)
-        per_inst = (per_kpt * labelled).sum(1) / (n_lab + self.eps)
-        parts["kpt"] = per_inst.sum() / (n_lab > 0).sum().clamp(min=1)
+        n_inst = (n_lab > 0).sum().clamp(min=1)
+        parts["kpt"] = ((per_kpt * labelled).sum(1) / (n_lab + self.eps)).sum() / n_inst
+        scaled_l1 = l1 / (area.sqrt()[:, None] + self.eps)
+        parts["kpt_l1"] = ((scaled_l1 * labelled).sum(1) / (n_lab + self.eps)).sum() / n_inst
         parts["kpt_conf"] = F.binary_cross_entropy_with_logits(pk[..., 2], labelled, reduction="sum") / labelled.numel()
         return tobjs, parts
 

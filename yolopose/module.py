@@ -34,7 +34,8 @@ class PoseModule(pl.LightningModule):
     Args:
         variant: model size ``n, s, m, l, x``.
         num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
-        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, anchor_t: see ``PoseLoss``.
+        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, kpt_l1_weight, anchor_t: see
+            ``PoseLoss``.
         optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
             (AdamW, ``momentum`` as its first beta; converges faster in short runs such as the CPU demo).
         lr, lr_final, schedule, momentum, nesterov, weight_decay: the optimiser and its decay (``lr_final`` is a
@@ -70,6 +71,7 @@ class PoseModule(pl.LightningModule):
         cls_weight: float = 0.5,
         kpt_weight: float = 0.30,
         kpt_conf_weight: float = 0.05,
+        kpt_l1_weight: float = 0.0,
         anchor_t: float = 4.0,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
@@ -99,7 +101,7 @@ class PoseModule(pl.LightningModule):
         sig = torch.tensor(sigmas, dtype=torch.float32) if sigmas is not None else default_sigmas(num_keypoints)
         self.criterion = PoseLoss(num_keypoints, num_classes, self.model.anchors, self.model.strides, sig,
                                   kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight,
-                                  anchor_t)
+                                  kpt_l1_weight, anchor_t)
         self.sigmas = sig.tolist()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
