@@ -127,7 +127,8 @@ def reference_conv_rate(cfg: Config) -> float:
     """``conv3x3_gflops`` sized for ``cfg.device`` and in its autocast precision."""
     if torch.device(cfg.device).type == "cuda":
         return conv3x3_gflops(256, 80, 20, cfg.device, amp_dtype(cfg.amp), batch=32)
-    return conv3x3_gflops(device=cfg.device, dtype=amp_dtype(cfg.amp))
+    # 20 repeats: with 5, one slow repeat on a busy 2-core machine halved the rate and with it the floor.
+    return conv3x3_gflops(repeats=20, device=cfg.device, dtype=amp_dtype(cfg.amp))
 
 
 def amp_dtype(amp: str | None) -> torch.dtype | None:
