@@ -141,27 +141,8 @@ class PoseModule(pl.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     # ------------------------------------------------------------------ training
-    def forward_calibrating_batchnorm(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Training forward of a fresh run's first step: BatchNorm running statistics are set to this batch's.
-
-        PyTorch starts them at mean 0, variance 1, but the pre-BatchNorm variances of a freshly initialised
-        network are ~1e-2 (first layer) down to ~1e-6 (deep layers). With momentum 0.03 that initial 1
-        dominates the running variance for hundreds of steps, so early validations (and short runs such as
-        the overfit check) saw wrongly scaled activations and read ~0 AP while the training loss fell.
-        """
-        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.momentum = 1.0
-        try:
-            return self.model(x)
-        finally:
-            for m, momentum in zip(norms, momenta):
-                m.momentum = momentum
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        x = self.to_input(batch["images"])
-        raws = self.forward_calibrating_batchnorm(x) if self.global_step == 0 else self.model(x)
+        raws = self.model(self.to_input(batch["images"]))
         loss, parts = self.criterion(raws, batch["targets"], batch.get("ignore"))
         self.skipped_images += int(batch.get("num_skipped", 0))
         # Every rank must agree to skip, or DDP would wait forever for the missing gradients.
