@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 KPT_NAMES = ["nose", "left_eye", "right_eye", "left_wrist", "right_wrist"]
@@ -96,3 +97,13 @@ def write_yolo(tmp_path: Path) -> Callable[..., Path]:
         yaml_path.write_text(yaml.safe_dump(cfg))
         return yaml_path
     return write
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models run as fast on one thread, and one thread is immune to OpenMP's spin-waiting, which
+    made a 1-step fit 80x slower (15 s) on 2 threads while another job kept both cores busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -45,14 +45,7 @@ def _trained_module() -> PoseModule:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run as fast on one thread, and one thread is immune to OpenMP's spin-waiting, which
-    made a 1-step fit 80x slower (15 s) on 2 threads while another job kept both cores busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
