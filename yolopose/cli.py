@@ -60,7 +60,7 @@ class PoseCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/kpt_AP", "checkpoint.mode": "max",
                              "checkpoint.save_top_k": 1, "checkpoint.filename": "best-epoch{epoch}",
-                             "checkpoint.save_last": True,  # last.ckpt also after every validation
+                             "checkpoint.save_last": True,  # last.ckpt also whenever a new best is saved
                              "checkpoint.auto_insert_metric_name": False})
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults({"last_checkpoint.save_top_k": 0, "last_checkpoint.save_last": True,

@@ -20,6 +20,9 @@ COCO_PERSON_SIGMAS: tuple[float, ...] = (
 """COCO's per-keypoint OKS sigmas for the 17-keypoint person category (nose, eyes, ears, shoulders,
 elbows, wrists, hips, knees, ankles)."""
 
+COCO_PERSON_NUM_KEYPOINTS = len(COCO_PERSON_SIGMAS)
+"""K of COCO's person category: only the default of the bare ``YOLOPose`` network; training takes K from the data."""
+
 UNIFORM_SIGMA = 1.0 / len(COCO_PERSON_SIGMAS) * sum(COCO_PERSON_SIGMAS)
 """Sigma used for every keypoint of a skeleton without published sigmas (the COCO person mean, ~0.066)."""
 

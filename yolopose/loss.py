@@ -62,7 +62,8 @@ class PoseLoss(nn.Module):
     def __init__(self, num_keypoints: int, num_classes: int, anchors: torch.Tensor, strides: list[int],
                  sigmas: torch.Tensor, kpt_loss: Literal["oks", "l1"] = "oks", box_weight: float = 0.10,
                  obj_weight: float = 1.0, cls_weight: float = 0.5, kpt_weight: float = 0.30,
-                 kpt_conf_weight: float = 0.05, kpt_l1_weight: float = 0.0, anchor_t: float = 4.0, balance: list[float] | None = None,
+                 kpt_conf_weight: float = 0.05, kpt_l1_weight: float = 0.0, anchor_t: float = 4.0,
+                 balance: list[float] | None = None,
                  eps: float = 1e-6) -> None:
         super().__init__()
         if kpt_loss not in ("oks", "l1"):

@@ -32,9 +32,10 @@ class PoseModule(pl.LightningModule):
     the DataModule by ``train.py``.
 
     Args:
+        num_keypoints: K, from the data (no default: ``train.py`` links it from the DataModule).
         variant: model size ``n, s, m, l, x``.
         num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
-        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, kpt_l1_weight, anchor_t: see
+        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, anchor_t: see
             ``PoseLoss``.
         optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
             (AdamW, ``momentum`` as its first beta; converges faster in short runs such as the CPU demo).
@@ -51,8 +52,8 @@ class PoseModule(pl.LightningModule):
 
     def __init__(
         self,
+        num_keypoints: int,
         variant: Literal["n", "s", "m", "l", "x"] = "s",
-        num_keypoints: int = 17,
         num_classes: int = 1,
         sigmas: list[float] | None = None,
         keypoint_names: list[str] | None = None,

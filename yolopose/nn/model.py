@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from yolopose.geometry import COCO_PERSON_NUM_KEYPOINTS
 from yolopose.nn.backbone import CSPDarknet, scale_depth
 from yolopose.nn.head import PAPER_KPT_HEAD_DEPTH, PoseHead
 from yolopose.nn.neck import PAN
@@ -44,7 +45,7 @@ class YOLOPose(nn.Module):
 
     Args:
         variant: size preset, one of ``n, s, m, l, x``.
-        num_keypoints: K, from the dataset.
+        num_keypoints: K, from the dataset (the default, COCO person's 17, only serves the bare network).
         num_classes: C (1 for person-only datasets).
         num_levels: 4 for P3-P6 (strides 8..64) or 3 for P3-P5 (strides 8..32).
         anchors: ``[level][anchor][w, h]`` in input pixels; defaults to ``default_anchors(num_levels)``.
@@ -58,9 +59,9 @@ class YOLOPose(nn.Module):
     largest stride -> list of ``num_levels`` raw tensors (decode them with ``yolopose.geometry.decode``).
     """
 
-    def __init__(self, variant: str = "s", num_keypoints: int = 17, num_classes: int = 1, num_levels: int = 4,
-                 anchors: list[list[list[float]]] | None = None, kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH,
-                 act: str = "silu", depth: float | None = None, width: float | None = None,
+    def __init__(self, variant: str = "s", num_keypoints: int = COCO_PERSON_NUM_KEYPOINTS, num_classes: int = 1,
+                 num_levels: int = 4, anchors: list[list[list[float]]] | None = None,
+                 kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu", depth: float | None = None, width: float | None = None,
                  keypoint_prior: list[list[float]] | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
