@@ -335,6 +335,20 @@ def test_letterbox_meta_maps_back_to_original_pixels(hw: tuple[int, int]) -> Non
     assert (inside == 50).all() and (item.image == FILL_VALUE).sum() == 3 * (320 * 320 - nw * nh)
 
 
+@pytest.mark.parametrize("hw", [(333, 500), (425, 640), (517, 333), (100, 100), (641, 639)])
+def test_training_without_augmentation_is_the_validation_letterbox(hw: tuple[int, int]) -> None:
+    """No mosaic, translation, zoom, flip or colour: training must see exactly the validation input (a
+    one-pixel shift between the two was enough to break the overfit check on real images)."""
+    samples, _ = marked_samples(np.random.default_rng(hw[1]), [hw])
+    cfg = AugmentConfig(mosaic=0.0, translate=0.0, scale=(1.0, 1.0), fliplr=0.0, **NO_HSV)
+    aug = TrainAugment(320, cfg, FLIP)
+    train = aug.apply(aug.plan(np.random.default_rng(0), [hw]), samples)
+    val = letterbox(samples[0], 320)
+    assert np.array_equal(train.image, val.image)
+    assert np.allclose(train.keypoints, val.keypoints, atol=1e-4) and np.allclose(train.boxes, val.boxes, atol=1e-4)
+    assert np.allclose(train.meta["pad"], val.meta["pad"]) and train.meta["scale"] == pytest.approx(val.meta["scale"])
+
+
 def test_scaling_and_translation_compose_like_matrices() -> None:
     m = translation(3, 4) @ scaling(2, 0.5)
     assert np.allclose(m @ [1, 1, 1], [5, 4.5, 1])

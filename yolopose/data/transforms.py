@@ -217,9 +217,12 @@ def letterbox(sample: Sample, size: int) -> Item:
     r = letterbox_scale((h, w), size)
     image = sample.image
     if r != 1.0:
-        image = cv2.resize(image, None, fx=r, fy=r, interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+        # Bilinear like the training pipeline: validation and deployment see what training saw.
+        image = cv2.resize(image, None, fx=r, fy=r, interpolation=cv2.INTER_LINEAR)
     nh, nw = image.shape[:2]
-    px, py = (size - nw) // 2, (size - nh) // 2
+    # Same whole-pixel placement as the training pipeline's letterbox (``_paste_scaled`` rounds the exact
+    # offset), so an image without augmentation is the same input in training and validation.
+    px, py = round((size - w * r) / 2), round((size - h * r) / 2)
     out = np.full((size, size, 3), FILL_VALUE, np.uint8)
     out[py:py + nh, px:px + nw] = image
     m = translation(px, py) @ scaling(r)
