@@ -9,8 +9,9 @@ Recomputing the statistics on recent training batches with the weights being eva
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pytorch_lightning as pl
 import torch
@@ -26,13 +27,15 @@ def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor]) -
 
     Args:
         net: any module; its train/eval mode and the layers' momentum are restored afterwards.
-        batches: network inputs, e.g. ``(B, 3, H, W)`` float tensors on ``net``'s device.
+        batches: network inputs, e.g. ``(B, 3, H, W)`` float tensors on ``net``'s device (consumed one
+            at a time, so a generator keeps only one converted batch alive).
     Returns:
         the number of batches used (0 leaves the statistics untouched).
     """
-    batches = list(batches)
     layers = [m for m in net.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not batches or not layers:
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or not layers:
         return 0
     modes = {m: m.training for m in net.modules()}
     momenta = {m: m.momentum for m in layers}
@@ -40,15 +43,17 @@ def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor]) -
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches, not an exponential one
     net.train()
+    used = 0
     try:
-        for x in batches:
+        for x in itertools.chain([first], batches):
             net(x)
+            used += 1
     finally:
         for m, mode in modes.items():
             m.training = mode
         for m, momentum in momenta.items():
             m.momentum = momentum
-    return len(batches)
+    return used
 
 
 class PreciseBatchNorm(pl.Callback):
@@ -76,5 +81,4 @@ class PreciseBatchNorm(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or not self._recent:
             return
-        to_input: Callable[[torch.Tensor], torch.Tensor] = pl_module.to_input
-        recompute_batchnorm_stats(pl_module.inference_model, (to_input(x) for x in self._recent))
+        recompute_batchnorm_stats(pl_module.inference_model, (pl_module.to_input(x) for x in self._recent))

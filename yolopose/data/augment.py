@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from yolopose.data.sample import Sample
-from yolopose.data.transforms import (Item, filter_labels, hflip_matrix, hsv_jitter, render, scaling,
-                                      swap_left_right, translation, visible, warp_boxes, warp_keypoints)
+from yolopose.data.transforms import (Item, filter_labels, hflip_matrix, hsv_jitter, letterbox_placement, render,
+                                      scaling, swap_left_right, translation, visible, warp_boxes, warp_keypoints)
 
 
 @dataclass
@@ -58,13 +58,6 @@ def mosaic_placements(rng: np.random.Generator, sizes: list[tuple[int, int]], si
         y0 = yc - h * r if quadrant in (0, 1) else yc
         out.append(translation(x0, y0) @ scaling(r))
     return out
-
-
-def letterbox_placement(hw: tuple[int, int], size: int) -> np.ndarray:
-    """Matrix that scales an ``(h, w)`` image to fit ``size x size`` and centres it."""
-    h, w = hw
-    r = size / max(h, w)
-    return translation((size - w * r) / 2, (size - h * r) / 2) @ scaling(r)
 
 
 def random_affine(rng: np.random.Generator, cfg: AugmentConfig, size: int, centre: float) -> np.ndarray:

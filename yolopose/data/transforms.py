@@ -207,22 +207,29 @@ def letterbox_scale(hw: tuple[int, int], size: int) -> float:
     return min(size / hw[0], size / hw[1])
 
 
+def letterbox_placement(hw: tuple[int, int], size: int) -> np.ndarray:
+    """Matrix that scales an ``(h, w)`` image to fit ``size x size`` and centres it (exact, sub-pixel offset)."""
+    h, w = hw
+    r = letterbox_scale(hw, size)
+    return translation((size - w * r) / 2, (size - h * r) / 2) @ scaling(r)
+
+
 def letterbox(sample: Sample, size: int) -> Item:
     """Resize (aspect kept) and centre-pad to ``size x size``; labels follow; meta maps back exactly.
 
     ``cv2.resize`` with ``fx = fy = scale`` uses exactly that scale (the output size is rounded, the
     mapping is not), so ``original = (input - pad) / scale`` holds to sub-pixel precision.
     """
-    h, w = sample.image.shape[:2]
-    r = letterbox_scale((h, w), size)
+    exact = letterbox_placement(sample.image.shape[:2], size)
+    r = float(exact[0, 0])
     image = sample.image
     if r != 1.0:
         # Bilinear like the training pipeline: validation and deployment see what training saw.
         image = cv2.resize(image, None, fx=r, fy=r, interpolation=cv2.INTER_LINEAR)
     nh, nw = image.shape[:2]
-    # Same whole-pixel placement as the training pipeline's letterbox (``_paste_scaled`` rounds the exact
-    # offset), so an image without augmentation is the same input in training and validation.
-    px, py = round((size - w * r) / 2), round((size - h * r) / 2)
+    # The training pipeline's placement rounded to whole pixels as ``_paste_scaled`` rounds it, so an image
+    # without augmentation is the same input in training and validation.
+    px, py = round(exact[0, 2]), round(exact[1, 2])
     out = np.full((size, size, 3), FILL_VALUE, np.uint8)
     out[py:py + nh, px:px + nw] = image
     m = translation(px, py) @ scaling(r)

@@ -61,7 +61,8 @@ class YOLOPose(nn.Module):
 
     def __init__(self, variant: str = "s", num_keypoints: int = COCO_PERSON_NUM_KEYPOINTS, num_classes: int = 1,
                  num_levels: int = 4, anchors: list[list[list[float]]] | None = None,
-                 kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu", depth: float | None = None, width: float | None = None,
+                 kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu", depth: float | None = None,
+                 width: float | None = None,
                  keypoint_prior: list[list[float]] | None = None) -> None:
         super().__init__()
         if variant not in VARIANTS:
