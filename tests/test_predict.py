@@ -3,6 +3,7 @@ videos, zero detections, coordinates mapped back to the original image, and bad 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -256,3 +257,14 @@ def test_predict_script_fails_without_traceback(weights: dict, tmp_path: Path) -
                        timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_big_folder_is_summarised_not_listed(weights: dict, media: dict, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(5):
+        shutil.copy(media["blank"], src / f"b{i}.png")
+    rc, text, _ = _run(capsys, "--weights", weights["onnx"], "--source", src, "--out", tmp_path / "out")
+    assert rc == 0 and len(list((tmp_path / "out").glob("b*.png"))) == 5
+    assert "5 image(s)" in text and "more)" in text and "b4.png" not in text  # plus the two JSON files

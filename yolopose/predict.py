@@ -405,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PredictError, CheckpointError, ExportError, ImageReadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    media = ", ".join(str(p) for p in s.outputs)
+    shown = [str(p) for p in s.outputs[:3]] + ([f"... ({len(s.outputs) - 3} more)"] if len(s.outputs) > 3 else [])
+    media = ", ".join(shown)  # a folder of thousands of images must not print thousands of paths
     print(f"{s.frames} {'frame' if source.kind in ('video', 'webcam') else 'image'}(s), {s.detections} "
           f"detection(s) -> {media}")
     if s.skipped:
