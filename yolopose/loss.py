@@ -42,6 +42,21 @@ BALANCE: dict[int, tuple[float, ...]] = {3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25,
 """Objectness weight per level (finest first), YOLOv5's figures: fine levels see many easy negatives."""
 
 
+def gather_positive_rows(raws: list[torch.Tensor], pos: Positives) -> torch.Tensor:
+    """Every positive's raw prediction row ``(P, 5 + C + 3K)`` from its level's ``(B, A, H, W, 5 + C + 3K)`` map.
+
+    Each level reads all P rows at valid indices (row 0 for the other levels' positives) and keeps its own,
+    so there are no per-level counts on the host. Needs at least one positive.
+    """
+    pred = None
+    for lvl, raw in enumerate(raws):
+        mine = pos.level == lvl
+        rows = raw[torch.where(mine, pos.batch, 0), torch.where(mine, pos.anchor, 0),
+                   torch.where(mine, pos.gy, 0), torch.where(mine, pos.gx, 0)]
+        pred = rows if pred is None else torch.where(mine[:, None], rows, pred)
+    return pred
+
+
 class PoseLoss(nn.Module):
     """Training loss of the anchor pose head.
 
@@ -148,15 +163,7 @@ class PoseLoss(nn.Module):
         n_pos = pos.batch.shape[0]
         if n_pos == 0:
             return tobjs, {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero, "kpt_l1": zero}
-        # Gather every positive's raw row from its level: each level reads all P rows at valid indices
-        # (row 0 for the other levels' positives) and keeps its own; no per-level counts on the host.
-        pred = None
-        for lvl, raw in enumerate(raws):
-            mine = pos.level == lvl
-            rows = raw[torch.where(mine, pos.batch, 0), torch.where(mine, pos.anchor, 0),
-                       torch.where(mine, pos.gy, 0), torch.where(mine, pos.gx, 0)]
-            pred = rows if pred is None else torch.where(mine[:, None], rows, pred)
-        pred = pred.to(dtype)                                                  # (P, 5 + C + 3K)
+        pred = gather_positive_rows(raws, pos).to(dtype)                       # (P, 5 + C + 3K)
         pbox = torch.cat((decode_box_xy(pred[:, :2]), decode_box_wh(pred[:, 2:4], pos.anchor_wh)), 1)
         iou = ciou(pbox, pos.box)
         parts = {"box": (1 - iou).sum() / n_pos, "cls": zero}

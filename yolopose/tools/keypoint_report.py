@@ -26,17 +26,20 @@ import torch
 
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.evaluation import CocoEvaluator, detections_to_records
-from yolopose.geometry import decode_keypoint_xy, keypoint_similarity
+from yolopose.geometry import cxcywh_to_xyxy, decode_keypoint_xy, keypoint_similarity
+from yolopose.loss import gather_positive_rows
 from yolopose.module import PoseModule
+from yolopose.postprocess import undo_letterbox
 
 
-def _record(meta: dict, category_id: int, box_cxcywh: np.ndarray, kpt_xy: np.ndarray) -> dict:
-    """A COCO result (score 1) from a box ``(4,)`` cx, cy, w, h and keypoints ``(K, 2)`` in input pixels."""
-    (px, py), s = meta["pad"], meta["scale"]
-    cx, cy, w, h = box_cxcywh
-    kp = np.concatenate([(kpt_xy - (px, py)) / s, np.ones((len(kpt_xy), 1))], 1)
+def _record(meta: dict, category_id: int, box_cxcywh: torch.Tensor, kpt_xy: torch.Tensor) -> dict:
+    """A COCO result (score 1) from a box ``(4,)`` cx, cy, w, h and keypoints ``(K, 2)`` in input pixels,
+    mapped back to original pixels like validation's records (``undo_letterbox``)."""
+    kpt = torch.cat((kpt_xy, torch.ones_like(kpt_xy[:, :1])), 1)[None]
+    box, kpt = undo_letterbox(cxcywh_to_xyxy(box_cxcywh[None]), kpt, meta["scale"], meta["pad"], meta["orig_size"])
+    x1, y1, x2, y2 = box[0].tolist()
     return {"image_id": int(meta["image_id"]), "category_id": category_id, "score": 1.0,
-            "bbox": [(cx - w / 2 - px) / s, (cy - h / 2 - py) / s, w / s, h / s], "keypoints": kp.ravel().tolist()}
+            "bbox": [x1, y1, x2 - x1, y2 - y1], "keypoints": kpt.ravel().tolist()}
 
 
 class KeypointReport:
@@ -47,7 +50,7 @@ class KeypointReport:
         self.category_ids = module.hparams.category_ids or list(range(1, module.hparams.num_classes + 1))
         self.records: dict[str, list[dict]] = {"model": [], "best positive": [], "mean pose in GT box": []}
         self.image_ids: set[int] = set()
-        self.errors, self.prior_errors, self.labelled, self.oks, self.levels = [], [], [], [], []
+        self.errors, self.prior_errors, self.oks, self.levels = [], [], [], []
 
     @torch.no_grad()
     def add(self, batch: dict) -> None:
@@ -61,19 +64,19 @@ class KeypointReport:
         k = crit.num_keypoints
         gt_xy = targets[:, 6:].reshape(-1, k, 3)
         prior_xy = targets[:, None, 2:4] + torch.as_tensor(self.prior, dtype=torch.float32) * targets[:, None, 4:6]
-        def record(t: int, kpt_xy: np.ndarray) -> dict:
-            return _record(batch["meta"][int(targets[t, 0])], self.category_ids[int(targets[t, 1])],
-                           targets[t, 2:6].numpy(), kpt_xy)
 
-        self.records["mean pose in GT box"] += [record(t, prior_xy[t].numpy()) for t in range(len(targets))]
+        def record(t: int, kpt_xy: torch.Tensor) -> dict:
+            return _record(batch["meta"][int(targets[t, 0])], self.category_ids[int(targets[t, 1])],
+                           targets[t, 2:6], kpt_xy)
+
+        self.records["mean pose in GT box"] += [record(t, prior_xy[t]) for t in range(len(targets))]
         scale = (targets[:, 4] * targets[:, 5]).sqrt()[:, None]
         prior_err = (prior_xy - gt_xy[..., :2]).norm(dim=-1) / scale
         self.prior_errors.append(prior_err.masked_fill(gt_xy[..., 2] <= 0, np.nan))
         pos = crit.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws])
         if len(pos.level) == 0:
             return
-        rows = torch.stack([raws[lv][b, a, y, x]
-                            for lv, b, a, y, x in zip(pos.level, pos.batch, pos.anchor, pos.gy, pos.gx)])
+        rows = gather_positive_rows(raws, pos)
         pxy = decode_keypoint_xy(rows[:, 5 + m.hparams.num_classes:].reshape(-1, k, 3)[..., :2])   # (P, K, 2) cells
         txy = pos.keypoints[..., :2]
         area = pos.box[:, 2] * pos.box[:, 3]
@@ -81,14 +84,14 @@ class KeypointReport:
         labelled = pos.keypoints[..., 2] > 0
         self.errors.append(((pxy - txy).norm(dim=-1) / area.sqrt()[:, None]).masked_fill(~labelled, np.nan))
         inst = (oks * labelled).sum(1) / labelled.sum(1).clamp(min=1)
-        self.oks.append(inst), self.levels.append(pos.level)
+        self.oks.append(inst)
+        self.levels.append(pos.level)
         stride = torch.tensor(crit.strides, dtype=torch.float32)[pos.level][:, None, None]
         cell = torch.stack([pos.gx, pos.gy], 1).float()[:, None]
         for t in pos.target_index.unique().tolist():
             mine = torch.nonzero(pos.target_index == t).flatten()
             best = mine[inst[mine].argmax()]
-            kpt = ((pxy[best] + cell[best]) * stride[best]).numpy()
-            self.records["best positive"].append(record(t, kpt))
+            self.records["best positive"].append(record(t, (pxy[best] + cell[best]) * stride[best]))
 
     def print(self, evaluator: CocoEvaluator, names: list[str]) -> None:
         print("keypoint AP (pycocotools):")
