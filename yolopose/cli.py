@@ -6,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -136,3 +137,8 @@ def main(args: list[str] | None = None) -> None:
     except (ConfigError, CheckpointError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        # Lightning leaves the DDP process group open; left to interpreter shutdown, gloo's threads were seen
+        # to abort a finished run ("terminate called without an active exception", exit -6).
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
