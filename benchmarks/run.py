@@ -4,7 +4,7 @@
                          [--channels-last] [--out FILE]
 
 Benchmarks (``--only`` names): ``model`` (params, GMACs, eager latency), ``train`` (training step img/s,
-channels_last on/off, the loss alone), ``memory`` (peak memory of a step, fresh subprocesses), ``data``
+channels_last on/off, the loss alone), ``optimizer`` (optimiser step and EMA update vs per-tensor loops), ``memory`` (peak memory of a step, fresh subprocesses), ``data``
 (train/val pipeline img/s per worker vs JPEG decode), ``inference`` (ONNX Runtime vs eager vs FLOP floor),
 ``nms`` (decode + NMS at 1/10/100 people), ``eval`` (COCO evaluation of 1k/5k images vs pycocotools alone).
 
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("benchmarks.model", "run"),
     "train": ("benchmarks.train_step", "run"),
     "memory": ("benchmarks.train_step", "run_memory"),
+    "optimizer": ("benchmarks.optimizer", "run"),
     "data": ("benchmarks.data_pipeline", "run"),
     "inference": ("benchmarks.inference", "run_latency"),
     "nms": ("benchmarks.inference", "run_nms"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import data_pipeline, evaluation, inference, model, run, train_step
+from benchmarks import data_pipeline, evaluation, inference, model, optimizer, run, train_step
 from benchmarks.common import Config, Table
 
 CFG = Config(quick=True, threads=1)
@@ -39,6 +39,12 @@ def test_training_step_and_memory_pieces() -> None:
     step, loss = tables
     assert float(step.rows[0][4]) > 0 and len(loss.rows) == 2                       # img/s; typical + crowd
     _check(train_step.run_memory(CFG, configs=[("n", 64, 2)]))                      # a fresh subprocess
+
+
+def test_optimizer_piece() -> None:
+    table = optimizer.run(CFG, variants="n", repeats=1)
+    _check(table, min_rows=3)                                 # AdamW, SGD, EMA
+    assert all(float(r[-1]) > 0 for r in table[0].rows)
 
 
 def test_data_and_evaluation_pieces() -> None:

@@ -4,7 +4,7 @@ import torch
 
 from yolopose import YOLOPose
 from yolopose.ema import ModelEMA
-from yolopose.optim import WarmupSchedule, parameter_groups
+from yolopose.optim import WarmupSchedule, build_optimizer, parameter_groups
 
 
 def test_ema_moves_towards_model_and_ramps_up() -> None:
@@ -24,6 +24,57 @@ def test_ema_moves_towards_model_and_ramps_up() -> None:
     assert (ema.module.weight - 1).abs().max() < (before - 1).abs().max()
     assert int(ema.updates) == 51 and ema.current_decay() == pytest.approx(0.9, rel=1e-6)
     assert "updates" in ema.state_dict() and not ema.train().training
+
+
+def test_ema_update_equals_a_lerp_per_state_tensor_with_batchnorm() -> None:
+    """The multi-tensor update is the plain EMA of every float parameter and buffer (BatchNorm running
+    statistics included) and copies integer buffers (``num_batches_tracked``)."""
+    torch.manual_seed(0)
+    model = YOLOPose("n", num_keypoints=3)
+    ema = ModelEMA(model, decay=0.9, tau=2.0)
+    model.train()
+    for _ in range(2):
+        model(torch.rand(2, 3, 64, 64))                   # moves BatchNorm statistics and counters
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        expected = {}
+        d = 0.9 * (1 - torch.exp(torch.tensor(-(int(ema.updates) + 1) / 2.0))).item()
+        for name, value in ema.module.state_dict().items():
+            new = model.state_dict()[name]
+            expected[name] = value * d + new * (1 - d) if value.is_floating_point() else new.clone()
+        ema.update(model)
+        got = ema.module.state_dict()
+        assert set(got) == set(expected)
+        for name, value in expected.items():
+            assert torch.allclose(got[name], value, atol=1e-6), name
+    counts = [v for k, v in ema.module.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert counts and all(int(c) == 2 for c in counts)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_build_optimizer_fused_where_available_and_same_steps(name: str) -> None:
+    torch.manual_seed(0)
+    a, b = YOLOPose("n", num_keypoints=3), YOLOPose("n", num_keypoints=3)
+    b.load_state_dict(a.state_dict())
+    ours = build_optimizer(name, parameter_groups(a, 1e-3), 0.01, 0.9, True)
+    ref_cls = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+    ref_kw = {"betas": (0.9, 0.999)} if name == "adamw" else {"momentum": 0.9, "nesterov": True}
+    ref = ref_cls(parameter_groups(b, 1e-3), lr=0.01, foreach=False, **ref_kw)
+    assert type(ours) is ref_cls
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert ours.defaults["fused"]                     # torch has CPU fused AdamW/SGD since 2.4
+    for step in range(3):
+        g = torch.Generator().manual_seed(step)
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.grad = torch.randn(pa.shape, generator=g)
+            pb.grad = pa.grad.clone()
+        ours.step()
+        ref.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer("adam", parameter_groups(a, 0.0), 0.01, 0.9, True)
 
 
 def test_parameter_groups_cover_every_parameter_once() -> None:

@@ -16,7 +16,7 @@ from yolopose.geometry import decode, default_sigmas
 from yolopose.loss import PoseLoss
 from yolopose.nn.head import PAPER_KPT_HEAD_DEPTH
 from yolopose.nn.model import YOLOPose
-from yolopose.optim import WarmupSchedule, parameter_groups
+from yolopose.optim import WarmupSchedule, build_optimizer, parameter_groups
 from yolopose.postprocess import Detections, select_detections
 
 log = logging.getLogger("yolopose")
@@ -184,10 +184,7 @@ class PoseModule(pl.LightningModule):
         accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
         wd = hp.weight_decay * batch * accumulate / hp.nominal_batch_size
         groups = parameter_groups(self.model, wd)
-        if hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999))
-        else:
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+        opt = build_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.nesterov)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(self.trainer.max_epochs or 1, 1)
         warmup = min(max(round(hp.warmup_epochs * total / epochs), hp.warmup_min_steps), total)
