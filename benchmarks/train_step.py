@@ -58,7 +58,8 @@ def synthetic_batch(batch: int, size: int, k: int = K, seed: int = 0, device: st
 
 
 class StepRunner:
-    """The model, criterion, SGD optimiser (its parameter groups) and EMA of a default ``PoseModule``, on ``device``.
+    """The model, criterion, SGD optimiser (``build_optimizer``, its parameter groups) and EMA of a default
+    ``PoseModule``, on ``device``.
 
     Built from the same parts with the same defaults as ``PoseModule.__init__`` (``YOLOPose``, ``PoseLoss``,
     ``ModelEMA``), without importing Lightning (2-3 s of start-up in every memory subprocess).
@@ -73,7 +74,7 @@ class StepRunner:
         from yolopose.geometry import default_sigmas
         from yolopose.loss import PoseLoss
         from yolopose.nn.model import YOLOPose
-        from yolopose.optim import parameter_groups
+        from yolopose.optim import build_optimizer, parameter_groups
 
         torch.manual_seed(seed)
         model = YOLOPose(variant, num_keypoints=K)
@@ -82,8 +83,7 @@ class StepRunner:
         self.model = model.to(device).train()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        self.optimizer = torch.optim.SGD(parameter_groups(self.model, 5e-4 * batch / 64), lr=0.01, momentum=0.937,
-                                         nesterov=True)
+        self.optimizer = build_optimizer("sgd", parameter_groups(self.model, 5e-4 * batch / 64), 0.01, 0.937, True)
         self.device, self.dtype = device, amp_dtype(amp)
         use_scaler = amp == "fp16" and torch.device(device).type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
