@@ -11,6 +11,7 @@ On a CPU these costs do not shrink with the input size: at the CPU demo's 192 px
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -33,7 +34,7 @@ def loop_ema_update(ema: ModelEMA, model: torch.nn.Module) -> None:
                 ema_state[name].copy_(value)
 
 
-def _pair_ms(a, b, repeats: int, device: str) -> tuple[float, float]:
+def _pair_ms(a: Callable[[], object], b: Callable[[], object], repeats: int, device: str) -> tuple[float, float]:
     """Median ms of ``a`` and ``b``, measured alternately."""
     ta, tb = [], []
     for fn in (a, b):

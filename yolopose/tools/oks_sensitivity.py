@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,9 +26,10 @@ from yolopose.data.coco import CocoKeypoints
 from yolopose.evaluation import CocoEvaluator
 
 DEFAULT_NOISE = (0.0, 0.02, 0.04, 0.06, 0.08, 0.10, 0.12)
+KeypointsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def perturbed_records(gt: dict, keypoints_fn) -> list[dict]:
+def perturbed_records(gt: dict, keypoints_fn: KeypointsFn) -> list[dict]:
     """One score-1 record per annotation with labelled keypoints; ``keypoints_fn(xy (K, 2), box (4,) x, y, w, h)
     -> (K, 2)`` gives its keypoints (every keypoint is reported, labelled or not, as a model would)."""
     records = []
@@ -42,7 +44,7 @@ def perturbed_records(gt: dict, keypoints_fn) -> list[dict]:
     return records
 
 
-def with_noise(rms: float, rng: np.random.Generator):
+def with_noise(rms: float, rng: np.random.Generator) -> KeypointsFn:
     """Keypoints moved by isotropic Gaussian noise of RMS distance ``rms * sqrt(w * h)``."""
     def fn(xy: np.ndarray, box: np.ndarray) -> np.ndarray:
         sigma = rms * np.sqrt(box[2] * box[3]) / np.sqrt(2.0)      # per axis
@@ -50,7 +52,7 @@ def with_noise(rms: float, rng: np.random.Generator):
     return fn
 
 
-def with_mean_pose(prior: np.ndarray, which: list[int]):
+def with_mean_pose(prior: np.ndarray, which: list[int]) -> KeypointsFn:
     """Keypoints ``which`` replaced by ``prior (K, 2)`` (offsets from the box centre in box widths/heights)."""
     def fn(xy: np.ndarray, box: np.ndarray) -> np.ndarray:
         out = xy.copy()
