@@ -26,6 +26,22 @@ def test_ema_moves_towards_model_and_ramps_up() -> None:
     assert "updates" in ema.state_dict() and not ema.train().training
 
 
+def test_ema_update_count_follows_a_loaded_state_dict() -> None:
+    """The decay reads a host copy of ``updates``; loading a checkpoint must replace it, both ways."""
+    model = torch.nn.Linear(3, 1)
+    trained = ModelEMA(model, decay=0.9, tau=10.0)
+    for _ in range(30):
+        trained.update(model)
+    fresh = ModelEMA(model, decay=0.9, tau=10.0)
+    fresh.update(model)                                   # caches a count of 1
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.current_decay() == pytest.approx(trained.current_decay())
+    fresh.update(model)
+    assert int(fresh.updates) == 31
+    fresh.load_state_dict(ModelEMA(model, decay=0.9, tau=10.0).state_dict())   # back to 0 updates
+    assert fresh.current_decay() == 0.0 and int(fresh.updates) == 0
+
+
 def test_ema_update_equals_a_lerp_per_state_tensor_with_batchnorm() -> None:
     """The multi-tensor update is the plain EMA of every float parameter and buffer (BatchNorm running
     statistics included) and copies integer buffers (``num_batches_tracked``)."""

@@ -38,14 +38,26 @@ class ModelEMA(nn.Module):
             p.requires_grad_(False)
         self.decay, self.tau = decay, tau
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._count: int | None = None  # host copy of ``updates``: reading the buffer on a GPU is a sync
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None   # a checkpoint brought its own ``updates``: read it again once
+
+    def _updates(self) -> int:
+        if self._count is None:
+            self._count = int(self.updates)
+        return self._count
 
     def current_decay(self) -> float:
-        return self.decay * (1 - math.exp(-int(self.updates) / self.tau))
+        return self.decay * (1 - math.exp(-self._updates() / self.tau))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move every floating-point parameter and buffer towards ``model``'s."""
-        self.updates += 1
+        count = self._updates() + 1
+        self.updates.fill_(count)
+        self._count = count
         d = self.current_decay()
         ema_float, model_float = [], []
         for ema_value, value in zip(_state_tensors(self.module), _state_tensors(model), strict=True):
