@@ -47,6 +47,20 @@ def test_optimizer_piece() -> None:
     assert all(float(r[-1]) > 0 for r in table[0].rows)
 
 
+def test_optimizer_reference_ema_equals_model_ema() -> None:
+    """The benchmark's per-tensor reference must do the same EMA steps as ``ModelEMA.update``."""
+    from yolopose.ema import ModelEMA
+
+    net = torch.nn.Linear(3, 1)
+    ours, ref = ModelEMA(net, 0.9, 2.0), ModelEMA(net, 0.9, 2.0)
+    for step in range(3):
+        with torch.no_grad():
+            net.weight.fill_(float(step + 1))
+        ours.update(net)
+        optimizer.loop_ema_update(ref, net)
+        assert torch.allclose(ours.module.weight, ref.module.weight) and int(ref.updates) == step + 1
+
+
 def test_data_and_evaluation_pieces() -> None:
     _check(data_pipeline.run(CFG, count=2, items=2, size=64, batch=2, repeats=1), min_rows=3)
     tables = evaluation.run(CFG, sizes=[10], dets=3, repeats=1)
