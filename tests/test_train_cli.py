@@ -175,10 +175,18 @@ def test_checkpoint_with_other_k_is_rejected(tmp_path: Path, cache: Path, capsys
     assert "K=5" in err and "K=17" in err and str(path) in err
 
 
-def test_ddp_two_cpu_processes_match_single_process_validation(tmp_path: Path, cache: Path) -> None:
+@pytest.mark.parametrize(("model_args", "fit_args"), [
+    ([], []),
+    # No EMA, and BatchNorm statistics recomputed on each rank's own batches before validation: the ranks
+    # must still evaluate the network the checkpoint saves (rank 0's). Lightning runs validation_step
+    # through the DDP wrapper, whose forward broadcasts rank 0's buffers; this guards that path.
+    (["--model.ema_decay", "0"], ["--trainer.callbacks+=yolopose.precise_bn.PreciseBatchNorm"]),
+], ids=["ema", "no-ema-precise-bn"])
+def test_ddp_two_cpu_processes_match_single_process_validation(tmp_path: Path, cache: Path, model_args: list[str],
+                                                               fit_args: list[str]) -> None:
     config = tiny_config(tmp_path, cache)
     result = train_subprocess(["fit", "--config", str(config), "--trainer.strategy", "ddp",
-                               "--trainer.devices", "2", "--trainer.accelerator", "cpu"])
+                               "--trainer.devices", "2", "--trainer.accelerator", "cpu", *model_args, *fit_args])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = run_dir(tmp_path)
     ddp_metrics = json.loads((out / "metrics.json").read_text())
@@ -191,7 +199,7 @@ def test_ddp_two_cpu_processes_match_single_process_validation(tmp_path: Path, c
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        main(["validate", "--config", str(config), "--ckpt_path", str(best)])
+        main(["validate", "--config", str(config), "--ckpt_path", str(best), *model_args])
     finally:
         torch.set_num_threads(threads)
     single = run_dir(tmp_path)

@@ -63,7 +63,8 @@ class PreciseBatchNorm(pl.Callback):
     The evaluated network is ``pl_module.inference_model`` (the EMA copy when there is one), so the new
     statistics are also what the next checkpoint saves. Useful for short runs and for the overfit check;
     in long runs the running averages have converged and this changes little. Under DDP each rank uses
-    its own batches; with an EMA, ``PoseModule`` then gives every rank rank 0's copy before evaluating.
+    its own batches; with an EMA, ``PoseModule`` then gives every rank rank 0's copy before evaluating;
+    without one, the DDP wrapper's forward broadcasts rank 0's statistics at every validation step.
 
     Args:
         num_batches: how many recent training batches to average over (0 turns it off).
