@@ -10,7 +10,6 @@ On a CPU these costs do not shrink with the input size: at the CPU demo's 192 px
 """
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 
@@ -23,10 +22,10 @@ from yolopose.optim import build_optimizer, parameter_groups
 
 
 def loop_ema_update(ema: ModelEMA, model: torch.nn.Module) -> None:
-    """The reference: the former ``ModelEMA.update``, one ``lerp_`` per tensor and the decay read from the
+    """The reference: the former ``ModelEMA.update``, one ``lerp_`` per tensor and the count read from the
     ``updates`` buffer (``ModelEMA.current_decay`` reads a host copy that this loop does not advance)."""
     ema.updates += 1
-    d = ema.decay * (1 - math.exp(-int(ema.updates) / ema.tau))
+    d = ema.decay_at(int(ema.updates))
     ema_state = ema.module.state_dict()
     with torch.no_grad():
         for name, value in model.state_dict().items():

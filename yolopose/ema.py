@@ -49,8 +49,12 @@ class ModelEMA(nn.Module):
             self._count = int(self.updates)
         return self._count
 
+    def decay_at(self, updates: int) -> float:
+        """The decay used by the ``updates``-th update (ramping up from 0 towards ``decay``)."""
+        return self.decay * (1 - math.exp(-updates / self.tau))
+
     def current_decay(self) -> float:
-        return self.decay * (1 - math.exp(-self._updates() / self.tau))
+        return self.decay_at(self._updates())
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
