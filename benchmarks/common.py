@@ -22,7 +22,7 @@ class Config:
     """What a suite run asks of every benchmark.
 
     Attributes:
-        quick: CI-sized work (each benchmark < ~30 s at 1 thread) instead of the README figures.
+        quick: CI-sized work (each benchmark < ~30 s at 1 thread) instead of the full-size figures of docs/benchmarks.md.
         threads: torch / OpenCV / ONNX Runtime intra-op threads.
         device: ``cpu`` or ``cuda`` (training step, its memory and eager model latency; ONNX Runtime stays on CPU).
         amp: ``None``, ``bf16`` or ``fp16``: ``torch.autocast`` around forward + loss (fp16 adds a ``GradScaler``).
@@ -56,7 +56,7 @@ class Table:
 
 
 def print_table(title: str | Table, header: list[str] | None = None, rows: list[list[object]] | None = None) -> None:
-    """Print a Markdown table (pastes straight into the README): ``print_table(Table)`` or ``(title, header, rows)``."""
+    """Print a Markdown table (pastes straight into docs/): ``print_table(Table)`` or ``(title, header, rows)``."""
     table = title if isinstance(title, Table) else Table(title, header or [], rows or [])
     print("\n" + table.markdown(), flush=True)
 

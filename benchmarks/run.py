@@ -1,4 +1,4 @@
-"""Run the benchmark suite and print one Markdown table per benchmark (ready for the README).
+"""Run the benchmark suite and print one Markdown table per benchmark (docs/benchmarks.md is its `--out`).
 
     python -m benchmarks [--quick] [--only train,eval] [--threads 1] [--device cpu|cuda] [--amp bf16|fp16]
                          [--channels-last] [--out FILE]
@@ -11,7 +11,7 @@ decode), ``inference`` (ONNX Runtime vs eager vs FLOP floor), ``nms`` (decode + 
 
 Every figure is a median of several runs after warm-up, shown beside a reference measured in the same run
 (FLOP floor from a 3x3 conv's measured rate, JPEG decode rate, pycocotools alone). ``--quick`` is CI-sized
-(about 2 minutes at 1 thread); the full mode gives the README figures (10-20 minutes). On a shared machine,
+(about 2 minutes at 1 thread); the full mode gives the figures in docs/benchmarks.md (10-20 minutes). On a shared machine,
 run with 1 thread: OpenMP's spin-waiting makes multi-threaded PyTorch many times slower while another job
 holds a core. The header and each table's notes give the load average before and after.
 """
