@@ -35,65 +35,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yolopose.assigner import AnchorAssigner, Positives
+from yolopose.assigner import AnchorAssigner, Positives, gather_positive_rows
 from yolopose.geometry import ciou, decode_box_wh, decode_box_xy, decode_keypoint_xy, keypoint_similarity
 
 BALANCE: dict[int, tuple[float, ...]] = {3: (4.0, 1.0, 0.4), 4: (4.0, 1.0, 0.25, 0.06), 5: (4.0, 1.0, 0.25, 0.06, 0.02)}
 """Objectness weight per level (finest first), YOLOv5's figures: fine levels see many easy negatives."""
 
 
-def gather_positive_rows(raws: list[torch.Tensor], pos: Positives) -> torch.Tensor:
-    """Every positive's raw prediction row ``(P, 5 + C + 3K)`` from its level's ``(B, A, H, W, 5 + C + 3K)`` map.
-
-    Each level reads all P rows at valid indices (row 0 for the other levels' positives) and keeps its own,
-    so there are no per-level counts on the host. Needs at least one positive.
-    """
-    pred = None
-    for lvl, raw in enumerate(raws):
-        mine = pos.level == lvl
-        rows = raw[torch.where(mine, pos.batch, 0), torch.where(mine, pos.anchor, 0),
-                   torch.where(mine, pos.gy, 0), torch.where(mine, pos.gx, 0)]
-        pred = rows if pred is None else torch.where(mine[:, None], rows, pred)
-    return pred
-
-
 class PoseLoss(nn.Module):
     """Training loss of the anchor pose head.
+
+    Every argument is keyword-only: two swapped weights must be an error, not a silently different loss.
 
     Args:
         num_keypoints: K.
         num_classes: C.
-        anchors: ``(L, A, 2)`` anchor sizes in input pixels (the model's ``anchors``).
-        strides: ``L`` strides.
+        assigner: matches targets to the model's anchors and cells (``AnchorAssigner(anchors, strides,
+            anchor_t)``); its ``strides`` are the levels' strides.
         sigmas: ``(K,)`` OKS sigmas of the dataset (see ``yolopose.geometry.default_sigmas``).
         kpt_loss: ``"oks"`` (1 - OKS, the paper's) or ``"l1"`` (L1 distance in grid units, for the ablation).
         box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight: see the module
             docstring.
-        anchor_t: assigner width/height ratio limit.
         balance: objectness weight per level; defaults to ``BALANCE[L]``.
         eps: added to the number of labelled keypoints of an instance before dividing.
     """
 
-    def __init__(self, num_keypoints: int, num_classes: int, anchors: torch.Tensor, strides: list[int],
-                 sigmas: torch.Tensor, kpt_loss: Literal["oks", "l1"] = "oks", box_weight: float = 0.10,
-                 obj_weight: float = 1.0, cls_weight: float = 0.5, kpt_weight: float = 0.30,
-                 kpt_conf_weight: float = 0.05, kpt_l1_weight: float = 0.0, anchor_t: float = 4.0,
-                 balance: list[float] | None = None,
-                 eps: float = 1e-6) -> None:
+    def __init__(self, *, num_keypoints: int, num_classes: int, assigner: AnchorAssigner, sigmas: torch.Tensor,
+                 kpt_loss: Literal["oks", "l1"] = "oks", box_weight: float = 0.10, obj_weight: float = 1.0,
+                 cls_weight: float = 0.5, kpt_weight: float = 0.30, kpt_conf_weight: float = 0.05,
+                 kpt_l1_weight: float = 0.0, balance: list[float] | None = None, eps: float = 1e-6) -> None:
         super().__init__()
         if kpt_loss not in ("oks", "l1"):
             raise ValueError(f"kpt_loss must be 'oks' or 'l1', got {kpt_loss!r}")
-        anchors = torch.as_tensor(anchors, dtype=torch.float32)
         if len(sigmas) != num_keypoints:
             raise ValueError(f"got {len(sigmas)} sigmas for {num_keypoints} keypoints")
         self.num_keypoints, self.num_classes, self.kpt_loss = num_keypoints, num_classes, kpt_loss
         self.weights = {"box": box_weight, "obj": obj_weight, "cls": cls_weight, "kpt": kpt_weight,
                         "kpt_conf": kpt_conf_weight, "kpt_l1": kpt_l1_weight}
-        self.balance = list(balance) if balance is not None else list(BALANCE[anchors.shape[0]])
+        self.balance = list(balance) if balance is not None else list(BALANCE[len(assigner.strides)])
         self.eps = eps
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float32), persistent=False)
-        self.assigner = AnchorAssigner(anchors, strides, anchor_t)
-        self.strides = list(strides)
+        self.assigner = assigner
+        self.strides = list(assigner.strides)
         self._cell_index_cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, raws: list[torch.Tensor], targets: torch.Tensor,

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from yolopose.assigner import AnchorAssigner
 from yolopose.ema import ModelEMA
 from yolopose.evaluation import CocoEvaluator, detections_to_records, format_table, gather_records
 from yolopose.geometry import decode, default_sigmas
@@ -97,12 +98,15 @@ class PoseModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = YOLOPose(variant, num_keypoints, num_classes, num_levels, anchors, kpt_head_depth, act,
-                              depth, width, keypoint_prior)
+        self.model = YOLOPose(variant, num_keypoints=num_keypoints, num_classes=num_classes, num_levels=num_levels,
+                              anchors=anchors, kpt_head_depth=kpt_head_depth, act=act, depth=depth, width=width,
+                              keypoint_prior=keypoint_prior)
         sig = torch.tensor(sigmas, dtype=torch.float32) if sigmas is not None else default_sigmas(num_keypoints)
-        self.criterion = PoseLoss(num_keypoints, num_classes, self.model.anchors, self.model.strides, sig,
-                                  kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight,
-                                  kpt_l1_weight, anchor_t)
+        assigner = AnchorAssigner(self.model.anchors, self.model.strides, anchor_t=anchor_t)
+        self.criterion = PoseLoss(num_keypoints=num_keypoints, num_classes=num_classes, assigner=assigner, sigmas=sig,
+                                  kpt_loss=kpt_loss, box_weight=box_weight, obj_weight=obj_weight,
+                                  cls_weight=cls_weight, kpt_weight=kpt_weight, kpt_conf_weight=kpt_conf_weight,
+                                  kpt_l1_weight=kpt_l1_weight)
         self.sigmas = sig.tolist()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -42,7 +42,7 @@ class PoseHead(nn.Module):
     ``forward(feats)`` maps level ``i`` ``(B, in_channels[i], H, W)`` to ``(B, A, H, W, 5 + C + 3K)``.
     """
 
-    def __init__(self, in_channels: list[int], strides: list[int], num_anchors: int, num_classes: int,
+    def __init__(self, in_channels: list[int], strides: list[int], *, num_anchors: int, num_classes: int,
                  num_keypoints: int, kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu",
                  anchors: torch.Tensor | None = None, keypoint_prior: torch.Tensor | None = None) -> None:
         super().__init__()
