@@ -41,8 +41,10 @@ class PoseModule(pl.LightningModule):
         optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
             (AdamW, ``momentum`` as its first beta; converges faster in short runs such as the CPU demo).
         lr, lr_final, schedule, momentum, nesterov, weight_decay: the optimiser and its decay (``lr_final`` is a
-            fraction of ``lr``). ``weight_decay`` is for a nominal batch of ``nominal_batch_size`` images
-            and is scaled by ``batch / nominal_batch_size`` (the loss is summed over the batch).
+            fraction of ``lr``). The loss is summed over the images of an optimiser step (per-device batch x
+            devices x ``accumulate_grad_batches``), so ``lr`` is the step size of a nominal batch of
+            ``nominal_batch_size`` images whatever the device count; ``weight_decay`` is for that nominal batch
+            and is scaled by ``images per step / nominal_batch_size`` (the same decay per epoch at any scale).
         warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up.
         ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
         conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
@@ -160,7 +162,17 @@ class PoseModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bsz)
         if self.schedule is not None:
             self.log("train/lr", self.schedule.at(self.global_step, is_bias=False)[0], batch_size=bsz)
-        return loss
+        return loss * self._batches_per_step()
+
+    def _batches_per_step(self) -> int:
+        """Batches whose gradients one optimiser step combines: DDP ranks x ``accumulate_grad_batches``.
+
+        The criterion's total is its mean loss times this batch's size; DDP then averages the gradients over
+        the ranks and Lightning divides each accumulated batch's loss by the accumulation count. Multiplying
+        by both gives a step the gradient of the mean loss times the number of images it saw, exactly as one
+        device with the whole batch (``lr`` is then per nominal batch of ``nominal_batch_size`` images).
+        """
+        return getattr(self.trainer, "world_size", 1) * self.trainer.accumulate_grad_batches
 
     def _count_bad_step(self, loss: torch.Tensor) -> None:
         """A non-finite loss: warn and count; too many in a row stop training with a clear error."""
@@ -185,8 +197,8 @@ class PoseModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         batch = getattr(self.trainer.datamodule, "batch_size", hp.nominal_batch_size) if self.trainer else 1
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
-        wd = hp.weight_decay * batch * accumulate / hp.nominal_batch_size
+        per_step = self._batches_per_step() if self.trainer else 1
+        wd = hp.weight_decay * batch * per_step / hp.nominal_batch_size   # images per optimiser step / nominal
         groups = parameter_groups(self.model, wd)
         opt = build_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.nesterov)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
