@@ -137,10 +137,14 @@ class PoseModule(pl.LightningModule):
         return self.select(self.inference_model(self.to_input(images)))
 
     def select(self, raws: list[torch.Tensor]) -> Detections:
-        """Raw maps of the inference model -> decode -> ``select_detections`` with the validation settings."""
+        """Raw maps of the inference model -> decode -> ``select_detections`` with the validation settings.
+
+        Always in float32, outside any autocast (``bf16-mixed`` / ``16-mixed`` validation included).
+        """
         m, hp = self.inference_model, self.hparams
-        return select_detections(decode(raws, m.anchors, m.strides, hp.num_classes), hp.num_classes,
-                                 hp.conf_threshold, hp.iou_threshold, hp.max_det, hp.top_k)
+        with torch.autocast(raws[0].device.type, enabled=False):
+            return select_detections(decode(raws, m.anchors, m.strides, hp.num_classes), hp.num_classes,
+                                     hp.conf_threshold, hp.iou_threshold, hp.max_det, hp.top_k)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` from the loader -> float [0, 1] on the same device (in the model's layout)."""
