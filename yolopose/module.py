@@ -37,7 +37,9 @@ class PoseModule(pl.LightningModule):
         variant: model size ``n, s, m, l, x``.
         num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
         kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, anchor_t: see
-            ``PoseLoss``.
+            ``PoseLoss`` (``anchor_t``: its ``AnchorAssigner``).
+        loss_reduction, kpt_normaliser: ``PoseLoss``'s ``reduction`` and ``kpt_normaliser`` (the COCO configs
+            use the reference's ``per_level`` and ``reference``; see docs/scaling.md).
         optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
             (AdamW, ``momentum`` as its first beta; converges faster in short runs such as the CPU demo).
         lr, lr_final, schedule, momentum, nesterov, weight_decay: the optimiser and its decay (``lr_final`` is a
@@ -76,6 +78,8 @@ class PoseModule(pl.LightningModule):
         kpt_weight: float = 0.30,
         kpt_conf_weight: float = 0.05,
         kpt_l1_weight: float = 0.0,
+        loss_reduction: Literal["pooled", "per_level"] = "pooled",
+        kpt_normaliser: Literal["coco", "reference"] = "coco",
         anchor_t: float = 4.0,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
@@ -108,7 +112,8 @@ class PoseModule(pl.LightningModule):
         self.criterion = PoseLoss(num_keypoints=num_keypoints, num_classes=num_classes, assigner=assigner, sigmas=sig,
                                   kpt_loss=kpt_loss, box_weight=box_weight, obj_weight=obj_weight,
                                   cls_weight=cls_weight, kpt_weight=kpt_weight, kpt_conf_weight=kpt_conf_weight,
-                                  kpt_l1_weight=kpt_l1_weight)
+                                  kpt_l1_weight=kpt_l1_weight, reduction=loss_reduction,
+                                  kpt_normaliser=kpt_normaliser)
         self.sigmas = sig.tolist()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
