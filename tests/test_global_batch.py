@@ -114,7 +114,8 @@ def _decay_only_rows(update: dict[str, torch.Tensor]) -> torch.Tensor:
     """The class-logit rows of the detection convs: with one class they get no gradient, so they move by the
     weight decay alone (``-lr * weight_decay * w``)."""
     rows = torch.arange(3) * 6 + 5    # A = 3 anchors x (4 box + 1 obj + 1 cls): channel 5 of each anchor
-    return torch.cat([v[rows].flatten() for k, v in update.items() if k.startswith("head.det.") and k.endswith("weight")])
+    det = [v for k, v in update.items() if k.startswith("head.det.") and k.endswith("weight")]
+    return torch.cat([v[rows].flatten() for v in det])
 
 
 def _check(reference: dict[str, torch.Tensor], update: dict[str, torch.Tensor]) -> None:
@@ -135,7 +136,8 @@ def test_accumulation_gives_the_update_of_the_whole_batch(tmp_path: Path, one_th
 def test_ddp_two_processes_give_the_update_of_the_whole_batch(tmp_path: Path,
                                                               reference: dict[str, torch.Tensor]) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, __file__, str(tmp_path), "2", "2", "1"], env=env, cwd=Path(__file__).parent.parent,
+    result = subprocess.run([sys.executable, __file__, str(tmp_path), "2", "2", "1"], env=env,
+                            cwd=Path(__file__).parent.parent,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _check(reference, _update(tmp_path))

@@ -198,7 +198,7 @@ class PoseLoss(nn.Module):
         return tobjs, parts
 
     def _similarity(self, pxy: torch.Tensor, txy: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
-        """``(P, K)`` OKS term; the ``reference`` normaliser ``4 sigma^2 A`` is COCO's ``8 sigma^2 A`` at half the area."""
+        """``(P, K)`` OKS term; the ``reference`` normaliser ``4 sigma^2 A`` is COCO's ``8 sigma^2 A`` at half A."""
         return keypoint_similarity(pxy, txy, area if self.kpt_normaliser == "coco" else area / 2, self.sigmas)
 
     def _per_level_terms(self, pred: torch.Tensor, pos: Positives, iou: torch.Tensor,
