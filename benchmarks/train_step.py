@@ -70,6 +70,7 @@ class StepRunner:
 
     def __init__(self, variant: str, size: int, batch: int, device: str = "cpu", amp: str | None = None,
                  channels_last: bool = False, seed: int = 0) -> None:
+        from yolopose.assigner import AnchorAssigner
         from yolopose.ema import ModelEMA
         from yolopose.geometry import default_sigmas
         from yolopose.loss import PoseLoss
@@ -78,7 +79,8 @@ class StepRunner:
 
         torch.manual_seed(seed)
         model = YOLOPose(variant, num_keypoints=K)
-        self.criterion = PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(K)).to(device)
+        self.criterion = PoseLoss(num_keypoints=K, num_classes=1, assigner=AnchorAssigner(model.anchors, model.strides),
+                                  sigmas=default_sigmas(K)).to(device)
         self.ema = ModelEMA(model).to(device)
         self.model = model.to(device).train()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -26,7 +26,8 @@ def _targets(rows: list[tuple[int, float, float, float, float]], k: int = K, v: 
 def _setup(k: int = K, size: int = 256) -> tuple[YOLOPose, PoseLoss, list[tuple[int, int]]]:
     torch.manual_seed(0)
     model = YOLOPose("n", num_keypoints=k)
-    loss = PoseLoss(k, 1, model.anchors, model.strides, default_sigmas(k))
+    loss = PoseLoss(num_keypoints=k, num_classes=1, assigner=AnchorAssigner(model.anchors, model.strides),
+                    sigmas=default_sigmas(k))
     grids = [(size // s, size // s) for s in model.strides]
     return model, loss, grids
 
@@ -94,7 +95,8 @@ def test_keypoint_loss_zero_at_exact_keypoints_and_grows_with_distance() -> None
 
 def test_l1_keypoint_loss_alternative() -> None:
     model, _, _ = _setup()
-    loss = PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(K), kpt_loss="l1")
+    loss = PoseLoss(num_keypoints=K, num_classes=1, assigner=AnchorAssigner(model.anchors, model.strides),
+                    sigmas=default_sigmas(K), kpt_loss="l1")
     t = _targets([(0, 100.0, 90.0, 60.0, 120.0)])
     raws = [torch.zeros_like(r) for r in model(torch.zeros(1, 3, 256, 256))]
     _encode_exact(raws, loss, t, 0.0)
@@ -102,7 +104,8 @@ def test_l1_keypoint_loss_alternative() -> None:
     _encode_exact(raws, loss, t, 1.0)
     assert loss(raws, t)[1]["kpt"].item() == pytest.approx(2.0, abs=1e-4)   # |1| + |1| cells per keypoint
     with pytest.raises(ValueError, match="kpt_loss"):
-        PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(K), kpt_loss="l2")
+        PoseLoss(num_keypoints=K, num_classes=1, assigner=AnchorAssigner(model.anchors, model.strides),
+                 sigmas=default_sigmas(K), kpt_loss="l2")
 
 
 def test_scaled_l1_helper_keeps_gradient_where_oks_saturates() -> None:
@@ -112,7 +115,8 @@ def test_scaled_l1_helper_keeps_gradient_where_oks_saturates() -> None:
     t = _targets([(0, 100.0, 90.0, 60.0, 120.0)])
     parts, grads = [], []
     for weight in (0.0, 0.1):
-        loss = PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(K), kpt_l1_weight=weight)
+        loss = PoseLoss(num_keypoints=K, num_classes=1, assigner=AnchorAssigner(model.anchors, model.strides),
+                        sigmas=default_sigmas(K), kpt_l1_weight=weight)
         for shift in (0.0, 1.0, 2.0, 8.0):
             with torch.no_grad():
                 raws = [torch.zeros_like(r) for r in model(torch.zeros(1, 3, 256, 256))]
@@ -156,10 +160,20 @@ def test_gradients_reach_both_head_branches() -> None:
     assert any(g.abs().sum() > 0 for g in (p.grad for b in model.head.det for p in b.parameters()))
 
 
+def test_loss_and_model_take_their_settings_by_keyword_only() -> None:
+    """Two swapped weights in a positional call must be an error, not a silently different loss."""
+    model = YOLOPose("n", num_keypoints=K)
+    with pytest.raises(TypeError):
+        PoseLoss(K, 1, AnchorAssigner(model.anchors, model.strides), default_sigmas(K))  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        YOLOPose("n", K)  # type: ignore[misc]
+
+
 def test_class_loss_only_with_several_classes() -> None:
     torch.manual_seed(0)
     model = YOLOPose("n", num_keypoints=K, num_classes=3)
-    loss = PoseLoss(K, 3, model.anchors, model.strides, default_sigmas(K))
+    loss = PoseLoss(num_keypoints=K, num_classes=3, assigner=AnchorAssigner(model.anchors, model.strides),
+                    sigmas=default_sigmas(K))
     t = _targets([(0, 100.0, 90.0, 60.0, 120.0)])
     t[0, 1] = 2
     assert loss(model(torch.rand(1, 3, 256, 256)), t)[1]["cls"] > 0
@@ -185,7 +199,8 @@ def test_crowd_region_removes_objectness_loss_inside_it() -> None:
 def test_sigma_count_must_match() -> None:
     model = YOLOPose("n", num_keypoints=K)
     with pytest.raises(ValueError, match="sigmas"):
-        PoseLoss(K, 1, model.anchors, model.strides, default_sigmas(4))
+        PoseLoss(num_keypoints=K, num_classes=1, assigner=AnchorAssigner(model.anchors, model.strides),
+                 sigmas=default_sigmas(4))
 
 
 # --------------------------------------------------------------------------- vectorised == former loop
@@ -309,7 +324,8 @@ def test_loss_values_and_gradients_unchanged(case: tuple) -> None:
     k, c, seed, kpt_loss, use_ignore = case
     raws, targets, ignore = _fixed_case(k, c, seed)
     raws = [r.requires_grad_() for r in raws]
-    loss = PoseLoss(k, c, torch.tensor(default_anchors(4)), [8, 16, 32, 64], default_sigmas(k), kpt_loss=kpt_loss)
+    assigner = AnchorAssigner(torch.tensor(default_anchors(4)), [8, 16, 32, 64])
+    loss = PoseLoss(num_keypoints=k, num_classes=c, assigner=assigner, sigmas=default_sigmas(k), kpt_loss=kpt_loss)
     total, parts = loss(raws, targets, ignore if use_ignore else None)
     total.backward()
     *values, grads = _FIXED[case]
@@ -323,7 +339,8 @@ def test_loss_under_bf16_autocast_is_float32_and_close() -> None:
     from yolopose.nn.model import default_anchors
 
     raws, targets, ignore = _fixed_case(5, 1, 0)
-    loss = PoseLoss(5, 1, torch.tensor(default_anchors(4)), [8, 16, 32, 64], default_sigmas(5))
+    assigner = AnchorAssigner(torch.tensor(default_anchors(4)), [8, 16, 32, 64])
+    loss = PoseLoss(num_keypoints=5, num_classes=1, assigner=assigner, sigmas=default_sigmas(5))
     ref_total, _ = loss(raws, targets, ignore)
     low = [r.to(torch.bfloat16).requires_grad_() for r in raws]
     total, parts = loss(low, targets, ignore)

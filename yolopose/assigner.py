@@ -147,3 +147,18 @@ class AnchorAssigner:
             anchor_wh=anchors[lvl, a_idx] / stride, cls=t[:, 1].long(),
             keypoints=torch.cat((kxy, kpt[..., 2:3]), -1), target_index=t_idx, level=lvl,
         )
+
+
+def gather_positive_rows(raws: list[torch.Tensor], pos: Positives) -> torch.Tensor:
+    """Every positive's raw prediction row ``(P, 5 + C + 3K)`` from its level's ``(B, A, H, W, 5 + C + 3K)`` map.
+
+    Each level reads all P rows at valid indices (row 0 for the other levels' positives) and keeps its own,
+    so there are no per-level counts on the host. Needs at least one positive.
+    """
+    pred = None
+    for lvl, raw in enumerate(raws):
+        mine = pos.level == lvl
+        rows = raw[torch.where(mine, pos.batch, 0), torch.where(mine, pos.anchor, 0),
+                   torch.where(mine, pos.gy, 0), torch.where(mine, pos.gx, 0)]
+        pred = rows if pred is None else torch.where(mine[:, None], rows, pred)
+    return pred

@@ -132,7 +132,12 @@ def decode_level(raw: torch.Tensor, anchors: torch.Tensor, stride: float, num_cl
     Returns:
         ``(B, A*H*W, 4 + 1 + C + 3K)``: box xyxy (pixels), objectness prob, class probs,
         then K x (x, y, confidence) with x, y in pixels and confidence a probability.
+
+    Computed in float32 at least, whatever the dtype of ``raw`` (an fp16/bf16 map from autocast or a half
+    model is cast first): in bf16 a 640 px coordinate keeps 4 px steps, in fp16 a box area over 65 504 px^2
+    overflows. The output is float32 (float64 for a float64 map).
     """
+    raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
     b, a, h, w, d = raw.shape
     k = (d - 5 - num_classes) // 3
     grid = make_grid(h, w, raw.device, raw.dtype)[None, None]          # (1, 1, H, W, 2)

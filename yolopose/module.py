@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from yolopose.assigner import AnchorAssigner
 from yolopose.ema import ModelEMA
 from yolopose.evaluation import CocoEvaluator, detections_to_records, format_table, gather_records
 from yolopose.geometry import decode, default_sigmas
@@ -36,12 +37,16 @@ class PoseModule(pl.LightningModule):
         variant: model size ``n, s, m, l, x``.
         num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
         kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, anchor_t: see
-            ``PoseLoss``.
+            ``PoseLoss`` (``anchor_t``: its ``AnchorAssigner``).
+        loss_reduction, kpt_normaliser: ``PoseLoss``'s ``reduction`` and ``kpt_normaliser`` (the COCO configs
+            use the reference's ``per_level`` and ``reference``; see docs/scaling.md).
         optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
             (AdamW, ``momentum`` as its first beta; converges faster in short runs such as the CPU demo).
         lr, lr_final, schedule, momentum, nesterov, weight_decay: the optimiser and its decay (``lr_final`` is a
-            fraction of ``lr``). ``weight_decay`` is for a nominal batch of ``nominal_batch_size`` images
-            and is scaled by ``batch / nominal_batch_size`` (the loss is summed over the batch).
+            fraction of ``lr``). The loss is summed over the images of an optimiser step (per-device batch x
+            devices x ``accumulate_grad_batches``), so ``lr`` is the step size of a nominal batch of
+            ``nominal_batch_size`` images whatever the device count; ``weight_decay`` is for that nominal batch
+            and is scaled by ``images per step / nominal_batch_size`` (the same decay per epoch at any scale).
         warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up.
         ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
         conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
@@ -73,6 +78,8 @@ class PoseModule(pl.LightningModule):
         kpt_weight: float = 0.30,
         kpt_conf_weight: float = 0.05,
         kpt_l1_weight: float = 0.0,
+        loss_reduction: Literal["pooled", "per_level"] = "pooled",
+        kpt_normaliser: Literal["coco", "reference"] = "coco",
         anchor_t: float = 4.0,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
@@ -97,12 +104,16 @@ class PoseModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = YOLOPose(variant, num_keypoints, num_classes, num_levels, anchors, kpt_head_depth, act,
-                              depth, width, keypoint_prior)
+        self.model = YOLOPose(variant, num_keypoints=num_keypoints, num_classes=num_classes, num_levels=num_levels,
+                              anchors=anchors, kpt_head_depth=kpt_head_depth, act=act, depth=depth, width=width,
+                              keypoint_prior=keypoint_prior)
         sig = torch.tensor(sigmas, dtype=torch.float32) if sigmas is not None else default_sigmas(num_keypoints)
-        self.criterion = PoseLoss(num_keypoints, num_classes, self.model.anchors, self.model.strides, sig,
-                                  kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight,
-                                  kpt_l1_weight, anchor_t)
+        assigner = AnchorAssigner(self.model.anchors, self.model.strides, anchor_t=anchor_t)
+        self.criterion = PoseLoss(num_keypoints=num_keypoints, num_classes=num_classes, assigner=assigner, sigmas=sig,
+                                  kpt_loss=kpt_loss, box_weight=box_weight, obj_weight=obj_weight,
+                                  cls_weight=cls_weight, kpt_weight=kpt_weight, kpt_conf_weight=kpt_conf_weight,
+                                  kpt_l1_weight=kpt_l1_weight, reduction=loss_reduction,
+                                  kpt_normaliser=kpt_normaliser)
         self.sigmas = sig.tolist()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -131,10 +142,14 @@ class PoseModule(pl.LightningModule):
         return self.select(self.inference_model(self.to_input(images)))
 
     def select(self, raws: list[torch.Tensor]) -> Detections:
-        """Raw maps of the inference model -> decode -> ``select_detections`` with the validation settings."""
+        """Raw maps of the inference model -> decode -> ``select_detections`` with the validation settings.
+
+        Always in float32, outside any autocast (``bf16-mixed`` / ``16-mixed`` validation included).
+        """
         m, hp = self.inference_model, self.hparams
-        return select_detections(decode(raws, m.anchors, m.strides, hp.num_classes), hp.num_classes,
-                                 hp.conf_threshold, hp.iou_threshold, hp.max_det, hp.top_k)
+        with torch.autocast(raws[0].device.type, enabled=False):
+            return select_detections(decode(raws, m.anchors, m.strides, hp.num_classes), hp.num_classes,
+                                     hp.conf_threshold, hp.iou_threshold, hp.max_det, hp.top_k)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, 3, H, W)`` from the loader -> float [0, 1] on the same device (in the model's layout)."""
@@ -156,7 +171,17 @@ class PoseModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bsz)
         if self.schedule is not None:
             self.log("train/lr", self.schedule.at(self.global_step, is_bias=False)[0], batch_size=bsz)
-        return loss
+        return loss * self._batches_per_step()
+
+    def _batches_per_step(self) -> int:
+        """Batches whose gradients one optimiser step combines: DDP ranks x ``accumulate_grad_batches``.
+
+        The criterion's total is its mean loss times this batch's size; DDP then averages the gradients over
+        the ranks and Lightning divides each accumulated batch's loss by the accumulation count. Multiplying
+        by both gives a step the gradient of the mean loss times the number of images it saw, exactly as one
+        device with the whole batch (``lr`` is then per nominal batch of ``nominal_batch_size`` images).
+        """
+        return getattr(self.trainer, "world_size", 1) * self.trainer.accumulate_grad_batches
 
     def _count_bad_step(self, loss: torch.Tensor) -> None:
         """A non-finite loss: warn and count; too many in a row stop training with a clear error."""
@@ -181,8 +206,8 @@ class PoseModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         batch = getattr(self.trainer.datamodule, "batch_size", hp.nominal_batch_size) if self.trainer else 1
-        accumulate = self.trainer.accumulate_grad_batches if self.trainer else 1
-        wd = hp.weight_decay * batch * accumulate / hp.nominal_batch_size
+        per_step = self._batches_per_step() if self.trainer else 1
+        wd = hp.weight_decay * batch * per_step / hp.nominal_batch_size   # images per optimiser step / nominal
         groups = parameter_groups(self.model, wd)
         opt = build_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.nesterov)
         total = max(int(self.trainer.estimated_stepping_batches), 1)

@@ -40,12 +40,15 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
             full result); ``None`` keeps going.
     Returns:
         ``(M,)`` long indices of the kept boxes, by decreasing score (ties: lower index first).
+
+    The IoUs are computed in float32 (float64 for float64 boxes), whatever the dtype of ``boxes``.
     """
     order = torch.sort(scores, descending=True, stable=True).indices
     if order.numel() == 0:
         return order
     b = boxes[order].detach()
-    b = (b if b.dtype in (torch.float16, torch.float32, torch.float64) else b.float()).cpu().numpy()
+    # float32 at least: in fp16 an area above 65 504 px^2 is inf and every IoU with it 0 (nothing suppressed)
+    b = (b if b.dtype == torch.float64 else b.float()).cpu().numpy()
     x1, y1, x2, y2 = (np.ascontiguousarray(b[:, i]) for i in range(4))
     area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     limit = len(b) if max_keep is None else max_keep

@@ -27,6 +27,19 @@ def keypoint_branch(channels: int, out: int, depth: int, act: str) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def predict_float32(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` with autocast turned off and ``x`` cast to float32 when autocast is on.
+
+    The final 1x1 prediction convs produce the raw offsets that decode multiplies by the stride: in bf16 a
+    keypoint offset of 6 cells keeps steps of 1/32 cell (0.5-2 px at strides 16-64), so they run in float32
+    (a small share of the head's work). Without autocast (fp32 training, export) this is ``conv(x)``.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return conv(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return conv(x.float())
+
+
 class PoseHead(nn.Module):
     """Per level: ``det`` conv -> A x (4 box + 1 obj + C cls), ``kpt`` branch -> A x 3K.
 
@@ -39,10 +52,11 @@ class PoseHead(nn.Module):
         kpt_head_depth: depthwise blocks in the keypoint branch (see ``keypoint_branch``).
         act: activation name.
 
-    ``forward(feats)`` maps level ``i`` ``(B, in_channels[i], H, W)`` to ``(B, A, H, W, 5 + C + 3K)``.
+    ``forward(feats)`` maps level ``i`` ``(B, in_channels[i], H, W)`` to ``(B, A, H, W, 5 + C + 3K)``; under
+    autocast the final 1x1 prediction convs run in float32 (``predict_float32``), so the maps are float32.
     """
 
-    def __init__(self, in_channels: list[int], strides: list[int], num_anchors: int, num_classes: int,
+    def __init__(self, in_channels: list[int], strides: list[int], *, num_anchors: int, num_classes: int,
                  num_keypoints: int, kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu",
                  anchors: torch.Tensor | None = None, keypoint_prior: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -91,7 +105,7 @@ class PoseHead(nn.Module):
         a = self.num_anchors
         for x, det, kpt in zip(feats, self.det, self.kpt):
             b, _, h, w = x.shape
-            d = det(x).view(b, a, 5 + self.num_classes, h, w)
-            k = kpt(x).view(b, a, 3 * self.num_keypoints, h, w)
+            d = predict_float32(det, x).view(b, a, 5 + self.num_classes, h, w)
+            k = predict_float32(kpt[-1], kpt[:-1](x)).view(b, a, 3 * self.num_keypoints, h, w)
             outs.append(torch.cat((d, k), dim=2).permute(0, 1, 3, 4, 2).contiguous())
         return outs

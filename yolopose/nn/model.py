@@ -44,7 +44,7 @@ class YOLOPose(nn.Module):
     """Multi-person pose model: one raw ``(B, A, H_l, W_l, 5 + C + 3K)`` map per level.
 
     Args:
-        variant: size preset, one of ``n, s, m, l, x``.
+        variant: size preset, one of ``n, s, m, l, x`` (the only positional argument; the rest are keyword-only).
         num_keypoints: K, from the dataset (the default, COCO person's 17, only serves the bare network).
         num_classes: C (1 for person-only datasets).
         num_levels: 4 for P3-P6 (strides 8..64) or 3 for P3-P5 (strides 8..32).
@@ -59,7 +59,7 @@ class YOLOPose(nn.Module):
     largest stride -> list of ``num_levels`` raw tensors (decode them with ``yolopose.geometry.decode``).
     """
 
-    def __init__(self, variant: str = "s", num_keypoints: int = COCO_PERSON_NUM_KEYPOINTS, num_classes: int = 1,
+    def __init__(self, variant: str = "s", *, num_keypoints: int = COCO_PERSON_NUM_KEYPOINTS, num_classes: int = 1,
                  num_levels: int = 4, anchors: list[list[list[float]]] | None = None,
                  kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu", depth: float | None = None,
                  width: float | None = None,
@@ -82,9 +82,11 @@ class YOLOPose(nn.Module):
         self.backbone = CSPDarknet(d, w, num_levels, act)
         self.neck = PAN(self.backbone.out_channels, scale_depth(3, d), act)
         self.strides: list[int] = list(self.backbone.strides)
-        self.head = PoseHead(self.neck.out_channels, self.strides, anchor_t.shape[1], num_classes,
-                             num_keypoints, kpt_head_depth, act, anchor_t,
-                             None if keypoint_prior is None else torch.tensor(keypoint_prior, dtype=torch.float32))
+        self.head = PoseHead(self.neck.out_channels, self.strides, num_anchors=anchor_t.shape[1],
+                             num_classes=num_classes, num_keypoints=num_keypoints, kpt_head_depth=kpt_head_depth,
+                             act=act, anchors=anchor_t,
+                             keypoint_prior=None if keypoint_prior is None else torch.tensor(keypoint_prior,
+                                                                                             dtype=torch.float32))
         self.register_buffer("anchors", anchor_t)  # (L, A, 2) pixels
 
     @property

@@ -24,10 +24,10 @@ import sys
 import numpy as np
 import torch
 
+from yolopose.assigner import gather_positive_rows
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.evaluation import CocoEvaluator, detections_to_records
 from yolopose.geometry import cxcywh_to_xyxy, decode_keypoint_xy, keypoint_similarity
-from yolopose.loss import gather_positive_rows
 from yolopose.module import PoseModule
 from yolopose.postprocess import undo_letterbox
 
