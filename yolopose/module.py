@@ -1,7 +1,6 @@
 """PoseModule: the LightningModule around YOLOPose + PoseLoss (training, validation, optimiser)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from yolopose.ema import ModelEMA
-from yolopose.evaluation import CocoEvaluator, detections_to_records, format_table, gather_records
+from yolopose.evaluation import ValidationEvaluator
 from yolopose.geometry import decode, default_sigmas
 from yolopose.loss import PoseLoss
 from yolopose.nn.head import PAPER_KPT_HEAD_DEPTH
@@ -111,9 +110,7 @@ class PoseModule(pl.LightningModule):
         self.bad_steps = 0            # consecutive non-finite losses
         self.skipped_steps = 0        # all non-finite losses this run
         self.skipped_images = 0       # unreadable images this epoch (reported by the data loader)
-        self._val_records: list[dict] = []
-        self._val_ids: list[int] = []
-        self._evaluator: CocoEvaluator | None = None
+        self._evaluator: ValidationEvaluator | None = None
         self.last_metrics: dict[str, float] = {}
 
     # ------------------------------------------------------------------ inference
@@ -212,11 +209,11 @@ class PoseModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        self._val_records, self._val_ids = [], []
         self._sync_ema_from_rank_zero()
         if self._evaluator is None:
-            dm = self.trainer.datamodule
-            self._evaluator = CocoEvaluator(dm.val_coco_gt(), self.sigmas)
+            cats = self.hparams.category_ids or list(range(1, self.hparams.num_classes + 1))
+            self._evaluator = ValidationEvaluator(self.trainer.datamodule.val_coco_gt(), self.sigmas, cats)
+        self._evaluator.reset()
 
     def _sync_ema_from_rank_zero(self) -> None:
         """Give every DDP rank rank 0's EMA weights and BatchNorm statistics before evaluating.
@@ -238,30 +235,14 @@ class PoseModule(pl.LightningModule):
         bsz = images.shape[0]
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, batch_size=bsz, sync_dist=True)
         det = self.select(raws).to("cpu")  # one device-to-host copy per batch, not five per image
-        cats = self.hparams.category_ids or list(range(1, self.hparams.num_classes + 1))
-        for b, meta in enumerate(batch["meta"]):
-            self._val_records.extend(detections_to_records(det.image(b), meta, cats))
-            self._val_ids.append(int(meta["image_id"]))
+        self._evaluator.update(det, batch["meta"])
         return {"detections": det}
 
     def on_validation_epoch_end(self) -> None:
-        records, ids = gather_records(self._val_records, self._val_ids)
+        metrics = self._evaluator.compute()   # a collective: every rank
         # Every rank must ask for log_dir: the property is itself a collective (a broadcast).
         out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        metrics: dict[str, float] = {}
-        if self.trainer.is_global_zero:
-            metrics = self._evaluator.evaluate(records, ids)
-            if not self.trainer.sanity_checking:
-                self._write_outputs(out_dir, records, metrics, len(ids))
-        metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            self._evaluator.write(out_dir, epoch=self.current_epoch, global_step=self.global_step)
         self.last_metrics = metrics
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)
-
-    def _write_outputs(self, out: Path, records: list[dict], metrics: dict[str, float], n_images: int) -> None:
-        """predictions.json + metrics.json in the run's log directory ``out``; the AP table on stdout."""
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "predictions.json").write_text(json.dumps(records))
-        summary = {"epoch": self.current_epoch, "global_step": self.global_step, "images": n_images, **metrics}
-        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-        print(f"\nvalidation, epoch {self.current_epoch} ({n_images} images, {len(records)} detections):\n"
-              f"{format_table(metrics)}\n(predictions.json and metrics.json in {out})", flush=True)
