@@ -8,7 +8,9 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_info
 
+from yolopose.checkpoint import init_weights_from
 from yolopose.ema import ModelEMA
 from yolopose.evaluation import ValidationEvaluator
 from yolopose.geometry import decode, default_sigmas
@@ -47,6 +49,13 @@ class PoseModule(pl.LightningModule):
         max_bad_steps: consecutive non-finite losses after which training stops with an error.
         channels_last: keep weights and inputs in the NHWC memory layout (measured 1.15-1.36x faster
             training steps on this CPU; the usual choice on GPUs with AMP too). Results are unchanged.
+        init_from: a yolopose checkpoint to start ``fit`` from: every layer whose tensors match by name and shape
+            is copied (``checkpoint.init_weights_from``; one line reports what), the rest keeps its fresh
+            initialisation, and training runs with this run's own optimiser and schedule (``--ckpt_path``
+            resumes instead; when resuming, ``init_from`` is skipped). See docs/fine-tuning.md.
+        freeze_backbone_epochs: keep the backbone fixed for the first N training epochs: its weights get no
+            update (gradients are dropped after the DDP all-reduce, so the optimiser skips them) and its BatchNorm
+            layers run in eval mode (statistics kept). The backbone's backward still runs.
     """
 
     def __init__(
@@ -93,8 +102,12 @@ class PoseModule(pl.LightningModule):
         top_k: int = 1000,
         max_bad_steps: int = 20,
         channels_last: bool = True,
+        init_from: str | None = None,
+        freeze_backbone_epochs: int = 0,
     ) -> None:
         super().__init__()
+        if freeze_backbone_epochs < 0:
+            raise ValueError(f"model.freeze_backbone_epochs must be >= 0, got {freeze_backbone_epochs}")
         self.save_hyperparameters()
         self.model = YOLOPose(variant, num_keypoints, num_classes, num_levels, anchors, kpt_head_depth, act,
                               depth, width, keypoint_prior)
@@ -166,6 +179,32 @@ class PoseModule(pl.LightningModule):
                 f"{self.bad_steps} consecutive non-finite losses (last at step {self.global_step}): training "
                 "stopped; the last good checkpoint is untouched. Lower the learning rate, check the data, or "
                 "use --trainer.precision 32.")
+
+    def on_fit_start(self) -> None:
+        """``init_from``: copy the matching layers (after any ``--ckpt_path`` restore, which then wins)."""
+        path = self.hparams.init_from
+        if not path:
+            return
+        if self.trainer.ckpt_path:
+            rank_zero_info(f"init_from {path} skipped: resuming from {self.trainer.ckpt_path}")
+            return
+        report = init_weights_from(self.model, path)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+        rank_zero_info(report)
+
+    def _backbone_frozen(self) -> bool:
+        return self.current_epoch < self.hparams.freeze_backbone_epochs
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.freeze_backbone_epochs:
+            self.model.backbone.train(not self._backbone_frozen())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """While the backbone is frozen, drop its gradients: the optimiser skips parameters without one."""
+        if self.hparams.freeze_backbone_epochs and self._backbone_frozen():
+            for p in self.model.backbone.parameters():
+                p.grad = None
 
     def on_train_epoch_end(self) -> None:
         self.log("train/skipped_images", float(self.skipped_images), sync_dist=True, reduce_fx="sum")
