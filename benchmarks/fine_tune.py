@@ -84,7 +84,7 @@ def pretrain(root: Path, epochs: int) -> Path:
 
 
 def run(init: Path | None, pretrain_epochs: int, epochs: int, num_train: int, num_val: int, seed: int,
-        workdir: Path) -> Table:
+        workdir: Path, freeze: int = 0) -> Table:
     from yolopose.checkpoint import checkpoint_hparams
 
     notes: list[str] = []
@@ -95,8 +95,12 @@ def run(init: Path | None, pretrain_epochs: int, epochs: int, num_train: int, nu
         arch = {k: hp[k] for k in ARCH if k in hp and hp[k] is not None}
         data = make_target(workdir, num_train, num_val, seed)
         rows = []
-        for name, extra in (("scratch", {}), ("init_from", {"init_from": str(init)})):
-            metrics, seconds = fit(workdir, name, data, {**arch, **extra}, epochs)
+        runs = [("scratch", "scratch", {}), ("init_from", "init_from", {"init_from": str(init)})]
+        if freeze:
+            runs.append((f"init_from + freeze_backbone_epochs {freeze}", "frozen",
+                         {"init_from": str(init), "freeze_backbone_epochs": freeze}))
+        for name, folder, extra in runs:
+            metrics, seconds = fit(workdir, folder, data, {**arch, **extra}, epochs)
             rows.append([name, metrics["global_step"], f"{metrics['kpt_AP']:.4f}",
                          f"{metrics['kpt_AP_labelled_imgs']:.4f}", f"{metrics['box_AP']:.4f}", f"{seconds:.0f}"])
     steps = rows[0][1]
@@ -115,12 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", type=int, default=160, help="training images of the K=5 set")
     p.add_argument("--val", type=int, default=60)
     p.add_argument("--seed", type=int, default=7, help="the K=5 set's synthetic seed (the demo's is 0)")
+    p.add_argument("--freeze", type=int, default=0, help="also a run with the backbone frozen this many epochs")
     p.add_argument("--workdir", type=Path, help="keep runs here (default: a temporary folder)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = a.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        print_table(run(a.init, a.pretrain_epochs, a.epochs, a.train, a.val, a.seed, workdir))
+        print_table(run(a.init, a.pretrain_epochs, a.epochs, a.train, a.val, a.seed, workdir, a.freeze))
 
 
 if __name__ == "__main__":
