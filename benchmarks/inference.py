@@ -245,8 +245,8 @@ TOP_K_HEADER = ["people (faint)", "background score", "top_k", "batch", "candida
                 "ms per image", "x top_k 1000"]
 
 
-def top_k_rows(size: int, repeats: int, people_counts: tuple[int, ...] = (10, 100), top_ks: tuple[int, ...] = (1000, 30000),
-               batches: tuple[int, ...] = (1, 8)) -> list[list[object]]:
+def top_k_rows(size: int, repeats: int, people_counts: tuple[int, ...] = (10, 100),
+               top_ks: tuple[int, ...] = (1000, 30000), batches: tuple[int, ...] = (1, 8)) -> list[list[object]]:
     """Rows ``TOP_K_HEADER`` of decode + ``select_detections`` at the validation settings (conf 0.001,
     IoU 0.65, max_det 300), each top_k timed round-robin with the others on the same input."""
     from yolopose.nn.model import default_anchors
