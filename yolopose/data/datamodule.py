@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from yolopose.data.augment import AugmentConfig
 from yolopose.data.coco import CocoKeypoints
 from yolopose.data.dataset import TrainDataset, ValDataset, collate, single_thread_opencv, worker_init_fn
-from yolopose.data.reader import LabelledImages, keep_negatives
+from yolopose.data.reader import LabelledImages, check_negatives_fraction, keep_negatives
 from yolopose.data.sample import DatasetError
 from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from yolopose.data.yolo_txt import YoloPoseTxt
@@ -82,6 +82,7 @@ class PoseDataModule(pl.LightningDataModule):
             raise DatasetError(f"data.image_size must be a positive multiple of 64 (the P6 stride), got {image_size}")
         if batch_size < 1 or num_workers < 0:
             raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
+        check_negatives_fraction(train_negatives)   # before any file is parsed
         self.format = format
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size

@@ -93,6 +93,12 @@ class LabelledImages:
         return table.coco_gt(self.info, sizes)
 
 
+def check_negatives_fraction(fraction: float) -> None:
+    """``DatasetError`` unless ``data.train_negatives`` is a fraction in [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:
+        raise DatasetError(f"data.train_negatives must be a fraction in [0, 1] (0 none, 1 all), got {fraction}")
+
+
 def keep_negatives(split: LabelledImages, fraction: float, seed: int = 0) -> LabelledImages:
     """``split`` with every image that holds a labelled instance (``LabelTable.labelled_images``) and
     ``round(fraction * n)`` of its ``n`` other images ("negatives": no annotation, only crowd regions, or only
@@ -101,8 +107,7 @@ def keep_negatives(split: LabelledImages, fraction: float, seed: int = 0) -> Lab
     ``fraction`` 1 keeps the split as it is, 0 keeps the labelled images only. Raises ``DatasetError`` for a
     fraction outside [0, 1] or when nothing would be left.
     """
-    if not 0.0 <= fraction <= 1.0:
-        raise DatasetError(f"data.train_negatives must be a fraction in [0, 1] (0 none, 1 all), got {fraction}")
+    check_negatives_fraction(fraction)
     labelled = split.table.labelled_images()
     negatives = np.flatnonzero(~labelled)
     keep_n = round(fraction * len(negatives))
