@@ -8,6 +8,9 @@
 2. decode + ``select_detections`` for an image with 1, 10 and 100 people (well-separated clusters of
    high-score boxes over the usual low-score background), in PyTorch and as an ONNX graph, at the deploy
    threshold (0.25: candidates grow with people) and the validation one (0.001: always ``top_k``).
+3. The validation pre-NMS cap ``top_k``: 1000 vs 30 000 (the COCO configs', YOLOv5's ``max_nms``) on a crowded
+   image whose people fire 27 candidates each (3 x 3 cells x 3 anchors), a quarter of them faintly (occluded):
+   people found, and the time of decode + select (batch 1 and 8) as a ratio to top_k 1000 in the same run.
 
 Weights: BatchNorm statistics are measured on generated scenes first, so that the outputs vary like a
 trained model's (a fresh model's activations shrink layer by layer and every score sits at its prior).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import warnings
 
 import torch
@@ -201,6 +205,91 @@ def run_nms(cfg: Config, size: int = 640, repeats: int | None = None,
                    *notes])]
 
 
+# --------------------------------------------------------------------------- 3. the validation top_k
+def dense_crowd_raws(people: int, size: int, faint_every: int = 4, seed: int = 0,
+                     background: float = -6.0) -> list[torch.Tensor]:
+    """Like ``crowd_raws``, but each person fires its 3 x 3 P3 cells with all 3 anchors, decoded to the same
+    44 x 40 px box (27 candidates per person, objectness logits 4 / 3 / 2 by distance from the centre), and
+    every ``faint_every``-th person 5 logits lower (an occluded person: best score 0.27). ``background``: the
+    objectness logit of every other prediction (-6: 0.0025, all above validation's 0.001; -8: 0.0003, below)."""
+    raws = crowd_raws(0, size, seed)
+    for r in raws:
+        r[..., 4] += background + 6.0
+    anchors = torch.tensor(default_anchors_p3())                                 # (3, 2) pixels
+    target = torch.tensor([44.0, 40.0])
+    wh_logit = torch.logit((target / anchors).sqrt() / 2)                         # (2 sigmoid(t))^2 * anchor = target
+    per_row = size // 64
+    if people > per_row * per_row:
+        raise ValueError(f"at most {per_row ** 2} well-separated people fit in {size} px")
+    p3 = raws[0]
+    for p in range(people):
+        cy, cx = 4 + 8 * (p // per_row), 4 + 8 * (p % per_row)
+        drop = 5.0 if faint_every and p % faint_every == faint_every - 1 else 0.0
+        for a in range(3):
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    cell = p3[0, a, cy + dy, cx + dx]
+                    cell[0], cell[1] = -2.0 * dx, -2.0 * dy
+                    cell[2:4] = wh_logit[a]
+                    cell[4] = 4.0 - abs(dx) - abs(dy) - drop
+    return raws
+
+
+def default_anchors_p3() -> list[list[float]]:
+    from yolopose.nn.model import default_anchors
+
+    return default_anchors(4)[0]
+
+
+TOP_K_HEADER = ["people (faint)", "background score", "top_k", "batch", "candidates > conf into NMS", "people found",
+                "ms per image", "x top_k 1000"]
+
+
+def top_k_rows(size: int, repeats: int, people_counts: tuple[int, ...] = (10, 100),
+               top_ks: tuple[int, ...] = (1000, 30000), batches: tuple[int, ...] = (1, 8)) -> list[list[object]]:
+    """Rows ``TOP_K_HEADER`` of decode + ``select_detections`` at the validation settings (conf 0.001,
+    IoU 0.65, max_det 300), each top_k timed round-robin with the others on the same input."""
+    from yolopose.nn.model import default_anchors
+
+    anchors = torch.tensor(default_anchors(4))
+    rows = []
+    for people, background in ((p, b) for p in people_counts for b in (-6.0, -8.0)):
+        single = dense_crowd_raws(people, size, background=background)
+        above = int((decode(single, anchors, STRIDES, 1)[..., 4] > 0.001).sum())
+        for batch in batches:
+            raws = [r.expand(batch, *r.shape[1:]).contiguous() for r in single]
+            fns = {k: (lambda k=k, r=raws: select_detections(decode(r, anchors, STRIDES, 1), 1, 0.001, 0.65, 300, k))
+                   for k in top_ks}
+            timings: dict[int, list[float]] = {k: [] for k in top_ks}
+            with torch.inference_mode():
+                found = {k: int((fns[k]().scores[0] > 0.01).sum()) for k in top_ks}
+                for _ in range(repeats):
+                    for k in top_ks:
+                        timings[k].append(median_time(fns[k], repeats=1, warmup=0))
+            base = statistics.median(timings[top_ks[0]])
+            for k in top_ks:
+                t = statistics.median(timings[k])
+                rows.append([f"{people} ({people // 4})", f"{torch.sigmoid(torch.tensor(background)).item():.4f}", k,
+                             batch, min(k, above), found[k], f"{t / batch * 1e3:.2f}", f"{t / base:.2f}"])
+    return rows
+
+
+def run_top_k(cfg: Config, size: int = 640, repeats: int | None = None,
+              people: tuple[int, ...] = (10, 100)) -> list[Table]:
+    """The validation top_k table (``python -m benchmarks --only topk``)."""
+    repeats = repeats or (3 if cfg.quick else 7)
+    set_threads(cfg.threads)
+    notes: list[str] = []
+    with load_note(notes):
+        rows = top_k_rows(size, repeats, people, batches=(1,) if cfg.quick else (1, 8))
+    return [Table(f"Validation post-processing vs top_k at {size}x{size}: decode + select_detections, conf 0.001 "
+                  f"(CPU, {cfg.threads} thread(s), median of {repeats})", TOP_K_HEADER, rows,
+                  ["People fire 27 candidates each (3 x 3 cells x 3 anchors); every 4th person is faint (best score "
+                   "0.27). With top_k 1000 the faint people of a crowded image never reach NMS. Background 0.0025: "
+                   "every prediction passes conf 0.001 (the worst case, an untrained model); 0.0003: only the "
+                   "people's candidates do (closer to a trained model).", *notes])]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=640)
@@ -211,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 3 if a.quick else a.repeats
     cfg = Config(quick=a.quick, threads=a.threads)
     print(machine_line(cfg))
-    for table in run_latency(cfg, a.size, repeats) + run_nms(cfg, a.size, max(repeats, 5)):
+    for table in run_latency(cfg, a.size, repeats) + run_nms(cfg, a.size, max(repeats, 5)) + run_top_k(cfg, a.size):
         print_table(table)
     print(f"\nload average after: {load_average()} (other jobs on these {os.cpu_count()} cores inflate every figure)")
 

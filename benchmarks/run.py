@@ -7,7 +7,8 @@ Benchmarks (``--only`` names): ``model`` (params, GMACs, eager latency), ``train
 channels_last on/off, the loss alone), ``optimizer`` (optimiser step and EMA update vs per-tensor loops),
 ``memory`` (peak memory of a step, fresh subprocesses), ``data`` (train/val pipeline img/s per worker vs JPEG
 decode), ``inference`` (ONNX Runtime vs eager vs FLOP floor), ``nms`` (decode + NMS at 1/10/100 people),
-``eval`` (COCO evaluation of 1k/5k images vs pycocotools alone).
+``topk`` (validation's pre-NMS cap 1000 vs 30 000 on a crowded image), ``eval`` (COCO evaluation of 1k/5k
+images vs pycocotools alone).
 
 Every figure is a median of several runs after warm-up, shown beside a reference measured in the same run
 (FLOP floor from a 3x3 conv's measured rate, JPEG decode rate, pycocotools alone). ``--quick`` is CI-sized
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "data": ("benchmarks.data_pipeline", "run"),
     "inference": ("benchmarks.inference", "run_latency"),
     "nms": ("benchmarks.inference", "run_nms"),
+    "topk": ("benchmarks.inference", "run_top_k"),
     "eval": ("benchmarks.evaluation", "run"),
 }
 

@@ -31,6 +31,15 @@ def test_model_and_inference_pieces() -> None:
     _check(model.run(CFG, size=64, repeats=1))
     _check(inference.run_latency(CFG, size=64, repeats=1))
     _check(inference.run_nms(CFG, size=64, repeats=1, people=(1,)), min_rows=2)   # two thresholds
+    top_k = inference.run_top_k(CFG, size=128, repeats=1, people=(4,))
+    _check(top_k, min_rows=4)                                  # top_k 1000 and 30000 x two backgrounds
+    assert [r[5] for r in top_k[0].rows] == [4] * 4 and top_k[0].rows[0][-1] == "1.00"
+
+
+def test_small_top_k_loses_the_faint_people_of_a_crowd() -> None:
+    """The scene behind the top_k table: with 1000 candidates the faint quarter of 100 people is lost."""
+    rows = inference.top_k_rows(640, 1, people_counts=(100,), batches=(1,))
+    assert [(r[2], r[5]) for r in rows] == [(1000, 75), (30000, 100)] * 2
 
 
 def test_training_step_and_memory_pieces() -> None:

@@ -202,3 +202,42 @@ def test_dataloader_workers_get_distinct_reproducible_streams(tmp_path: Path, wr
         assert torch.equal(a["images"], b["images"]) and torch.equal(a["targets"], b["targets"])
     assert not torch.equal(one[0]["images"], one[1]["images"])  # batch 0 from worker 0, batch 1 from worker 1
     worker_init_fn(0)  # outside a worker: nothing to do
+
+
+# --------------------------------------------------------------------------- train_negatives
+def _with_negatives(coco: dict) -> dict:
+    """``coco`` plus 4 negatives: no annotation (ids 11, 12), only a crowd region (13), only a person without
+    labelled keypoints (14)."""
+    coco = {**coco, "images": list(coco["images"]), "annotations": list(coco["annotations"])}
+    for i in (11, 12, 13, 14):
+        coco["images"].append({"id": i, "file_name": f"{i:06d}.png", "height": 40, "width": 40})
+    for i, crowd in ((13, 1), (14, 0)):
+        coco["annotations"].append({"id": 1000 + i, "image_id": i, "category_id": 1, "iscrowd": crowd,
+                                    "bbox": [2, 2, 20, 20], "area": 400.0, "num_keypoints": 0,
+                                    "keypoints": [0] * 3 * K})
+    return coco
+
+
+@pytest.mark.parametrize("fraction, negatives", [(1.0, 4), (0.5, 2), (0.0, 0)])
+def test_train_negatives_keeps_that_share_of_person_free_images(write_coco, cocos: tuple[dict, dict],
+                                                               fraction: float, negatives: int) -> None:
+    train = _with_negatives(cocos[0])
+    dm = _coco_module(write_coco, (train, cocos[1]), train_negatives=fraction)
+    ids = dm.train_split.table.image_ids.tolist()
+    assert sorted(set(ids) - {11, 12, 13, 14}) == [1, 2, 3, 4]       # every labelled image stays
+    assert len(ids) == 4 + negatives
+    # labels travel with their images; the validation split is never filtered
+    for i in range(len(dm.train_split)):
+        sample = dm.train_split.load(i)
+        want = [a for a in train["annotations"] if a["image_id"] == sample.image_id and not a["iscrowd"]]
+        assert len(sample.boxes) == len(want)
+    assert len(dm.val_split) == len(cocos[1]["images"])
+    again = _coco_module(write_coco, (train, cocos[1]), train_negatives=fraction)
+    assert again.train_split.table.image_ids.tolist() == ids        # the same images every run
+
+
+def test_train_negatives_outside_zero_one_is_a_clear_error(write_coco, cocos: tuple[dict, dict]) -> None:
+    from yolopose.data.sample import DatasetError
+
+    with pytest.raises(DatasetError, match=r"data.train_negatives must be a fraction in \[0, 1\].*1.5"):
+        _coco_module(write_coco, cocos, train_negatives=1.5)

@@ -205,3 +205,65 @@ def test_vectorised_records_equal_former_loop(seed: int) -> None:
     assert got == want and [type(v) for v in got[0].values()] == [type(v) for v in want[0].values()]
     assert detections_to_records(Detections(torch.tensor(0), boxes[:0], scores[:0], labels[:0], kpts[:0]),
                                  meta, [1]) == []
+
+
+def test_labelled_image_metrics_equal_pycocotools_on_those_images() -> None:
+    """``*_labelled_imgs`` = plain pycocotools with ``imgIds`` = the images with a labelled instance; images
+    without one (none, only crowd, only ``num_keypoints == 0``) count in the plain metrics only."""
+    import copy
+
+    gt = _gt(num_images=10, seed=5)
+    for i, extra in enumerate(({"iscrowd": 1}, {"num_keypoints": 0}, None)):
+        gt["images"].append({"id": 200 + i, "file_name": f"x{i}.jpg", "height": 300, "width": 300})
+        if extra is not None:
+            gt["annotations"].append({"id": 900 + i, "image_id": 200 + i, "category_id": 1, "iscrowd": 0,
+                                      "bbox": [10, 10, 100, 100], "area": 1e4, "num_keypoints": 5,
+                                      "keypoints": [50, 50, 2] * K, **extra})
+    records = _noisy_records(gt, seed=6)          # false positives on the person-free images too
+    metrics = CocoEvaluator(gt, default_sigmas(K).numpy()).evaluate(records)
+    labelled = sorted(im["id"] for im in gt["images"] if im["id"] < 200)
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    coco.createIndex()
+    for iou_type, names in (("keypoints", {"kpt_AP": 0, "kpt_AP50": 1, "kpt_AP75": 2, "kpt_APm": 3, "kpt_APl": 4,
+                                           "kpt_AR": 5}), ("bbox", {"box_AP": 0, "box_AP50": 1})):
+        for ids, suffix in ((None, ""), (labelled, "_labelled_imgs")):
+            ev = COCOeval(coco, coco.loadRes(copy.deepcopy(records)), iou_type)
+            ev.params.kpt_oks_sigmas = default_sigmas(K).numpy()
+            if ids is not None:
+                ev.params.imgIds = ids
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+            for name, i in names.items():
+                assert metrics[name + suffix] == max(float(ev.stats[i]), 0.0), name + suffix
+    assert metrics["kpt_AP_labelled_imgs"] > metrics["kpt_AP"]   # the false positives on empty images cost AP
+
+
+def test_validation_evaluator_update_compute_write_reset(tmp_path) -> None:
+    """The object validation holds: batches in, the same metrics as ``CocoEvaluator`` out, files written."""
+    from yolopose.evaluation import ValidationEvaluator
+    from yolopose.postprocess import Detections
+
+    gt = _gt(num_images=3, seed=7)
+    evaluator = ValidationEvaluator(gt, default_sigmas(K).numpy(), [1])
+    metas, dets = [], []
+    for img in gt["images"]:   # the GT as detections of an unscaled, unpadded input
+        anns = [a for a in gt["annotations"] if a["image_id"] == img["id"]]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+        kpts = torch.tensor([a["keypoints"] for a in anns]).reshape(len(anns), K, 3)
+        dets.append(Detections(torch.tensor(len(anns)), boxes, torch.full((len(anns),), 0.9),
+                               torch.zeros(len(anns), dtype=torch.long), kpts))
+        metas.append({"image_id": img["id"], "orig_size": (img["height"], img["width"]), "scale": 1.0,
+                      "pad": (0.0, 0.0)})
+    for det, meta in zip(dets, metas):     # batches of one image, padded to a common D as select_detections does
+        evaluator.update(Detections(det.num_dets[None], det.boxes[None], det.scores[None], det.labels[None],
+                                    det.keypoints[None]), [meta])
+    metrics = evaluator.compute()
+    assert metrics["kpt_AP"] == pytest.approx(1.0) and metrics["box_AP_labelled_imgs"] == pytest.approx(1.0)
+    evaluator.write(tmp_path, epoch=3)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["epoch"] == 3 and written["images"] == 3 and written["labelled_images"] == 3
+    assert written["kpt_AP"] == metrics["kpt_AP"]
+    records = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(records) == len(gt["annotations"]) and {r["image_id"] for r in records} == {100, 101, 102}
+    evaluator.reset()
+    assert evaluator.compute()["kpt_AP"] == 0.0        # nothing added since the reset

@@ -1,4 +1,5 @@
 """NMS against a brute-force reference, and detection selection."""
+import pytest
 import torch
 
 from yolopose.geometry import box_iou
@@ -106,3 +107,29 @@ def test_undo_letterbox_inverts_forward_mapping() -> None:
     fwd_k[..., 1] = kp[..., 1] * scale + 7
     b, k = undo_letterbox(fwd_b, fwd_k, scale, pad, (300, 400))
     assert torch.allclose(b, orig) and torch.allclose(k, kp)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_eager_shortcuts_give_the_static_graphs_detections(monkeypatch: pytest.MonkeyPatch, classes: int) -> None:
+    """Eager ``select_detections`` (kept rows marked by indexing) returns exactly what the traced, static-shaped
+    path (one-hot MatMul) returns, ties and images with nothing above conf included."""
+    import yolopose.postprocess as pp
+
+    g = torch.Generator().manual_seed(classes)
+    b, n, k = 3, 3000, 2
+    xy = torch.rand(b, n, 2, generator=g) * 3000                     # sparse: most candidates survive NMS
+    boxes = torch.cat((xy, xy + 10 + torch.rand(b, n, 2, generator=g) * 60), -1)
+    obj = torch.rand(b, n, 1, generator=g) ** 20                      # ~6 % above 0.3, ~18 % above 0.02
+    obj[0, :50] = 0.5                                                 # exact ties
+    obj[2] = 0.0005                                                   # an image with nothing above conf
+    cls = torch.rand(b, n, classes, generator=g)
+    decoded = torch.cat((boxes, obj, cls, torch.rand(b, n, 3 * k, generator=g)), -1)
+    for conf, top_k, max_det in ((0.3, 30000, 300), (0.02, 30000, 300), (0.001, 1000, 100), (0.3, 30000, 5)):
+        eager = select_detections(decoded, classes, conf, 0.65, max_det, top_k)
+        monkeypatch.setattr(pp, "tracing", lambda: True)
+        static = select_detections(decoded, classes, conf, 0.65, max_det, top_k)
+        monkeypatch.undo()
+        assert eager.num_dets.tolist() == static.num_dets.tolist() and int(eager.num_dets[0]) > 0
+        assert int(eager.num_dets[2]) == 0
+        for name in ("boxes", "scores", "labels", "keypoints"):
+            assert torch.equal(getattr(eager, name), getattr(static, name)), (conf, top_k, name)

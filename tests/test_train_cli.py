@@ -73,7 +73,7 @@ def test_one_epoch_writes_checkpoints_predictions_and_metrics_that_rescore_offli
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epoch"] == 1 and metrics["images"] == TINY_DATA["num_val"]
     for name in ("kpt_AP", "kpt_AP50", "kpt_AP75", "kpt_APm", "kpt_APl", "kpt_AR", "box_AP", "box_AP50"):
-        assert 0.0 <= metrics[name] <= 1.0
+        assert 0.0 <= metrics[name] <= 1.0 and 0.0 <= metrics[name + "_labelled_imgs"] <= 1.0
     records = json.loads((out / "predictions.json").read_text())
     assert records, "an untrained model still outputs low-confidence detections at conf 0.001"
     # Anyone can rescore predictions.json with pycocotools against the val annotations: same numbers.
@@ -97,7 +97,7 @@ def test_one_epoch_writes_checkpoints_predictions_and_metrics_that_rescore_offli
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
     for tag in ("train/loss", "train/box", "train/obj", "train/kpt", "train/kpt_conf", "train/lr",
-                "val/kpt_AP", "val/kpt_AP50", "val/box_AP"):
+                "val/kpt_AP", "val/kpt_AP50", "val/box_AP", "val/kpt_AP_labelled_imgs"):
         assert tag in tags, tag
     assert (out / "hparams.yaml").is_file() and "variant" in (out / "hparams.yaml").read_text()
 

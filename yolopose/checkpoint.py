@@ -1,9 +1,11 @@
 """Reading yolopose checkpoints safely (``weights_only=True``) with clear errors."""
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch import nn
 
 
 class CheckpointError(ValueError):
@@ -28,6 +30,54 @@ def read_checkpoint(path: str | Path) -> dict:
 def checkpoint_hparams(path: str | Path) -> dict:
     """The hyperparameters a checkpoint was trained with (``num_keypoints``, ``variant``, ...)."""
     return read_checkpoint(path)["hyper_parameters"]
+
+
+NOT_WEIGHTS = ("anchors", "num_batches_tracked")
+"""State entries ``init_from`` never copies: the anchors are configuration, BatchNorm's step counter is not a weight."""
+
+
+def init_weights_from(model: nn.Module, path: str | Path) -> str:
+    """Copy into ``model`` (a ``YOLOPose``) every layer of a yolopose checkpoint whose tensors all match by name and
+    shape; everything else keeps its fresh initialisation. Returns the one-line report.
+
+    The checkpoint's EMA weights are used when it has them (the weights it validated and exports), else its
+    raw model weights. A layer (a module's parameters and buffers: a conv's weight and bias, a BatchNorm's
+    affine and statistics) is copied whole or not at all, so no layer mixes two initialisations. Across K the
+    keypoint branch's last conv is left fresh; across variants nothing fits (every width differs).
+
+    Raises:
+        CheckpointError: unreadable file, or not a single layer fits.
+    """
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
+    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "model."
+    source = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    layers: dict[str, list[str]] = defaultdict(list)
+    target = model.state_dict()
+    for name in target:
+        if name.rsplit(".", 1)[-1] not in NOT_WEIGHTS:
+            layers[name.rpartition(".")[0]].append(name)
+    fits = {layer: all(n in source and source[n].shape == target[n].shape for n in names)
+            for layer, names in layers.items()}
+    copied = {n: source[n] for layer, names in layers.items() if fits[layer] for n in names}
+    hp = ckpt["hyper_parameters"]
+    if not copied:
+        raise CheckpointError(
+            f"{path}: no layer of the checkpoint (variant {hp.get('variant')}, K={hp.get('num_keypoints')}) fits "
+            f"this model (variant {getattr(model, 'variant', '?')}, K={getattr(model, 'num_keypoints', '?')}) by "
+            "name and shape: nothing to initialise from")
+    model.load_state_dict(copied, strict=False)
+    parts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for layer, ok in fits.items():
+        part = ".".join(layer.split(".")[:2]) if layer.startswith("head.") else layer.split(".")[0]
+        parts[part][0] += ok
+        parts[part][1] += 1
+    fresh = sorted(layer for layer, ok in fits.items() if not ok)
+    shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
+    summary = ", ".join(f"{part} {ok}/{n}" for part, (ok, n) in parts.items())
+    return (f"init_from {path} ({'EMA' if prefix == 'ema.module.' else 'model'} weights, variant "
+            f"{hp.get('variant')}, K={hp.get('num_keypoints')}): loaded {sum(fits.values())} of {len(fits)} layers "
+            f"({summary}); freshly initialised: {shown or 'none'}")
 
 
 def load_module(path: str | Path):

@@ -1,14 +1,23 @@
 """COCO evaluation: detections -> COCO result records -> pycocotools keypoint and box AP.
 
-Metric names (as logged): ``kpt_AP, kpt_AP50, kpt_AP75, kpt_APm, kpt_APl, kpt_AR, box_AP, box_AP50``.
+Metric names (as logged): ``kpt_AP, kpt_AP50, kpt_AP75, kpt_APm, kpt_APl, kpt_AR, box_AP, box_AP50`` over every
+evaluated image, and the same names ending in ``_labelled_imgs`` over the images that hold at least one
+labelled instance (a non-crowd annotation with ``num_keypoints > 0``): the image set the YOLO-Pose reference
+(TI edgeai-yolov5) and Ultralytics score COCO val2017 on (2346 of its 5000 images).
 Both evaluations run on exactly the records written to ``predictions.json`` (keypoints, score and
-bbox per detection), so ``COCO.loadRes('predictions.json')`` + ``COCOeval`` reproduces the numbers.
+bbox per detection), so ``COCO.loadRes('predictions.json')`` + ``COCOeval`` reproduces the numbers
+(with ``params.imgIds`` set to the labelled images for the second set).
+
+``ValidationEvaluator`` is what validation holds (DETR's shape): ``update(detections, metas)`` per batch,
+``compute()`` once per epoch (gathers across DDP ranks), ``write(out_dir)`` on rank 0, ``reset()``.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import io
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +29,16 @@ from yolopose.postprocess import Detections, undo_letterbox
 
 KPT_STATS = ("kpt_AP", "kpt_AP50", "kpt_AP75", "kpt_APm", "kpt_APl", "kpt_AR")
 BOX_STATS = {"box_AP": 0, "box_AP50": 1}
+LABELLED = "_labelled_imgs"
+"""Suffix of the metrics over the images with a labelled instance (see the module docstring)."""
+METRIC_NAMES = (*KPT_STATS, *BOX_STATS)
+
+
+def labelled_image_ids(gt: dict) -> set[int]:
+    """Ids of the ground-truth images with at least one non-crowd annotation with ``num_keypoints > 0``
+    (the annotations pycocotools' keypoint evaluation does not ignore)."""
+    return {int(a["image_id"]) for a in gt["annotations"]
+            if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0}
 
 
 def detections_to_records(det: Detections, meta: dict, category_ids: list[int]) -> list[dict]:
@@ -86,19 +105,24 @@ class CocoEvaluator:
             self.coco.dataset = copy.deepcopy(gt)
             self.coco.createIndex()
         self.sigmas = np.asarray(sigmas, dtype=np.float64)
+        self.labelled_ids = labelled_image_ids(gt)
         self.summary = ""
 
     def evaluate(self, records: list[dict], image_ids: set[int] | None = None) -> dict[str, float]:
-        """Keypoint and box metrics of ``records`` over ``image_ids`` (default: every GT image).
+        """Keypoint and box metrics of ``records`` over ``image_ids`` (default: every GT image), and the same
+        metrics (names ending in ``LABELLED``) over those of the images that hold a labelled instance.
 
         An empty record list scores 0 (pycocotools' ``loadRes([])`` would raise). The printed
         pycocotools keypoint summary and the two box lines are kept in ``self.summary``.
 
         ``records`` are not modified (``loadRes`` adds keys to each dict: it gets shallow copies). The box
         evaluation runs on the ``all`` area range only, the one ``box_AP``/``box_AP50`` read: the same
-        numbers as a full ``COCOeval`` for a quarter of its per-image work.
+        numbers as a full ``COCOeval`` for a quarter of its per-image work. The labelled-image metrics reuse
+        the per-image matching of the full evaluation (``_restricted``): only the accumulation is repeated.
         """
-        metrics = {name: 0.0 for name in (*KPT_STATS, *BOX_STATS)}
+        evaluated = set(self.coco.getImgIds()) if image_ids is None else set(image_ids)
+        labelled = sorted(evaluated & self.labelled_ids)
+        metrics = {name + suffix: 0.0 for suffix in ("", LABELLED) for name in METRIC_NAMES}
         if not records:
             self.summary = "no detections: every AP is 0"
             return metrics
@@ -115,16 +139,45 @@ class CocoEvaluator:
                     ev.params.imgIds = sorted(image_ids)
                 print(f"--- {iou_type} ---")
                 ev.evaluate()
-                ev.accumulate()
-                if iou_type == "keypoints":
-                    ev.summarize()
-                    stats = [max(float(s), 0.0) for s in ev.stats]  # -1 means "no GT in range": report 0
-                    metrics.update({name: stats[i] for i, name in enumerate(KPT_STATS)})
-                else:
-                    for name, iou in (("box_AP", None), ("box_AP50", 0.5)):
-                        metrics[name] = max(_average_precision(ev, iou), 0.0)
+                for suffix, view in (("", ev), (LABELLED, _restricted(ev, labelled) if labelled else None)):
+                    if view is None:
+                        continue
+                    if suffix:
+                        print(f"--- {iou_type}, the {len(labelled)} images with a labelled instance ---")
+                    view.accumulate()
+                    metrics.update({k + suffix: v for k, v in _read_stats(view, iou_type).items()})
         self.summary = out.getvalue()
         return metrics
+
+
+def _read_stats(ev: COCOeval, iou_type: str) -> dict[str, float]:
+    """The logged metrics of an accumulated ``COCOeval`` (its summary printed); -1 ("no GT in range") reads 0."""
+    if iou_type == "keypoints":
+        ev.summarize()
+        return {name: max(float(ev.stats[i]), 0.0) for i, name in enumerate(KPT_STATS)}
+    return {name: max(_average_precision(ev, iou), 0.0) for name, iou in (("box_AP", None), ("box_AP50", 0.5))}
+
+
+def _restricted(ev: COCOeval, image_ids: list[int]) -> COCOeval:
+    """A view of an evaluated (not yet accumulated) ``COCOeval`` over a subset of its images, ready for
+    ``accumulate``: exactly what a fresh ``COCOeval`` with ``params.imgIds = image_ids`` would accumulate,
+    since matching is per image. (``accumulate(p)`` with a subset ``p.imgIds`` would index ``evalImgs`` wrongly.)
+    """
+    pe = ev._paramsEval
+    all_ids = list(pe.imgIds)
+    wanted = set(image_ids)
+    keep = [n for n, i in enumerate(all_ids) if i in wanted]
+    n_img, n_area = len(all_ids), len(pe.areaRng)
+    n_cat = len(pe.catIds) if pe.useCats else 1
+    view = copy.copy(ev)
+    view.evalImgs = [ev.evalImgs[c * n_area * n_img + a * n_img + n]
+                     for c in range(n_cat) for a in range(n_area) for n in keep]
+    view._paramsEval = copy.deepcopy(pe)
+    view._paramsEval.imgIds = [all_ids[n] for n in keep]
+    view.params = copy.deepcopy(ev.params)
+    view.params.imgIds = list(view._paramsEval.imgIds)
+    view.eval, view.stats = {}, []
+    return view
 
 
 def _average_precision(ev: COCOeval, iou_threshold: float | None, max_dets: int = 100) -> float:
@@ -142,10 +195,75 @@ def _average_precision(ev: COCOeval, iou_threshold: float | None, max_dets: int 
     return value
 
 
-def format_table(metrics: dict[str, float]) -> str:
-    """A one-screen table of the metrics, keypoints first."""
-    names = [*KPT_STATS, *BOX_STATS]
-    head = " | ".join(f"{n:>8}" for n in names)
-    vals = " | ".join(f"{metrics.get(n, 0.0):8.4f}" for n in names)
-    return f"{head}\n{vals}"
+def format_table(metrics: dict[str, float], images: int | None = None, labelled: int | None = None) -> str:
+    """A one-screen table of the metrics, keypoints first: one row over all evaluated images, one over the
+    images with a labelled instance (when ``metrics`` has them). ``images``/``labelled``: counts for the labels."""
+    names = list(METRIC_NAMES)
+    rows = [("all images" if images is None else f"all {images} images", "")]
+    if any(n + LABELLED in metrics for n in names):
+        rows.append(("labelled images" if labelled is None else f"{labelled} labelled images", LABELLED))
+    width = max(len(label) for label, _ in rows)
+    head = " " * width + " | " + " | ".join(f"{n:>8}" for n in names)
+    lines = [f"{label:<{width}} | " + " | ".join(f"{metrics.get(n + suffix, 0.0):8.4f}" for n in names)
+             for label, suffix in rows]
+    return "\n".join([head, *lines])
 
+
+class ValidationEvaluator:
+    """One validation pass's bookkeeping, in DETR's shape: ``update`` per batch, ``compute`` once (a collective
+    under DDP: every rank calls it), ``write`` on rank 0, ``reset`` before the next pass.
+
+    Args:
+        gt: COCO ground truth of the validation split, in original image pixels (see ``CocoEvaluator``).
+        sigmas: ``(K,)`` OKS sigmas.
+        category_ids: COCO category id of each class index.
+    """
+
+    def __init__(self, gt: dict, sigmas: list[float] | np.ndarray, category_ids: list[int]) -> None:
+        self.scorer = CocoEvaluator(gt, sigmas)
+        self.category_ids = list(category_ids)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the records of the previous pass."""
+        self.records: list[dict] = []
+        self.image_ids: list[int] = []
+        self.metrics: dict[str, float] = {}
+        self._gathered: tuple[list[dict], set[int]] = ([], set())
+
+    def update(self, detections: Detections, metas: list[dict]) -> None:
+        """Add one batch: ``detections`` of B images (``select_detections``, input pixels; pass them on the CPU to
+        copy once per batch) and their B letterbox ``metas`` (``image_id``, ``orig_size``, ``scale``, ``pad``)."""
+        det = detections.to("cpu")
+        for b, meta in enumerate(metas):
+            self.records.extend(detections_to_records(det.image(b), meta, self.category_ids))
+            self.image_ids.append(int(meta["image_id"]))
+
+    def compute(self) -> dict[str, float]:
+        """Gather every rank's records (each image once), score them on rank 0 and give every rank the metrics."""
+        records, ids = gather_records(self.records, self.image_ids)
+        self._gathered = (records, ids)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        metrics = self.scorer.evaluate(records, ids) if not distributed or dist.get_rank() == 0 else {}
+        if distributed:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        self.metrics = metrics
+        return metrics
+
+    def write(self, out_dir: Path | str, **extra: Any) -> None:
+        """``predictions.json`` (the gathered records) and ``metrics.json`` (``extra`` such as the epoch, the
+        image counts, then the metrics) in ``out_dir``; the AP table on stdout. Call after ``compute``, on one rank."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        records, ids = self._gathered
+        labelled = len(ids & self.scorer.labelled_ids)
+        (out / "predictions.json").write_text(json.dumps(records))
+        summary = {**extra, "images": len(ids), "labelled_images": labelled, **self.metrics}
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+        where = ", ".join(f"{k} {v}" for k, v in extra.items())
+        print(f"\nvalidation{', ' + where if where else ''} ({len(ids)} images, {len(records)} detections):\n"
+              f"{format_table(self.metrics, len(ids), labelled)}\n"
+              f"(labelled images: those with a labelled instance; predictions.json and metrics.json in {out})",
+              flush=True)

@@ -138,12 +138,22 @@ class Detections:
                           self.keypoints[b, :n])
 
 
+def tracing() -> bool:
+    """True while an exporter traces the code (ONNX, TorchScript, ``torch.export``/dynamo): then
+    ``select_detections`` builds only static-shaped, scatter-free ops; eager runs index instead (same results)."""
+    return (torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_exporting()
+            or torch.compiler.is_compiling())
+
+
 def select_detections(decoded: torch.Tensor, num_classes: int, conf_threshold: float = 0.001,
                       iou_threshold: float = 0.65, max_det: int = 300, top_k: int = 1000) -> Detections:
     """Confidence filter, top-k pre-limit, class-aware NMS and the ``max_det`` best per image.
 
     Uses only ops with static output shapes besides the NMS itself (TopK with constant k, Gather,
-    comparisons, MatMul: no scatter), so the same code exports to ONNX/TensorRT.
+    comparisons, MatMul: no scatter), so the same code exports to ONNX/TensorRT. Run eagerly (``tracing()``
+    False) it marks the kept candidates by indexing instead of the one-hot MatMul (the same detections): with
+    validation's ``top_k`` of 30 000 the one-hot rows were most of the cost. Only the candidates' boxes are
+    gathered before NMS, the full rows of the ``max_det`` survivors after it.
 
     Args:
         decoded: ``(B, N, 4 + 1 + C + 3K)`` from ``yolopose.geometry.decode``.
@@ -157,31 +167,37 @@ def select_detections(decoded: torch.Tensor, num_classes: int, conf_threshold: f
     c = num_classes
     k_kpt = (dim - 5 - c) // 3
     k = min(top_k, n)
+    static = tracing()
     # With one class the class logit is never trained (no class loss): the score is objectness alone.
     if c == 1:
-        best, idx = decoded[..., 4].topk(k, dim=1)                             # (B, k)
+        score = decoded[..., 4]                                                # (B, N)
     else:
-        best, label = (decoded[..., 5:5 + c] * decoded[..., 4:5]).max(-1)     # (B, N)
-        best, idx = best.topk(k, dim=1)                                        # (B, k)
-    cand = decoded.gather(1, idx[..., None].expand(bsz, k, dim))               # (B, k, dim)
+        score, label = (decoded[..., 5:5 + c] * decoded[..., 4:5]).max(-1)     # (B, N)
+    best, idx = score.topk(k, dim=1)                                           # (B, k)
+    cand_boxes = decoded[..., :4].gather(1, idx[..., None].expand(bsz, k, 4))  # (B, k, 4): rows come at the end
     # One score row per class, zero outside each box's own class: class-aware NMS, one label per box.
     if c == 1:
         per_class = best[:, None, :]                                           # (B, 1, k)
     else:
         label = label.gather(1, idx)
         per_class = best[:, None, :] * (label[:, None, :] == torch.arange(c, device=decoded.device)[None, :, None])
-    sel = nms_op(cand[..., :4].contiguous(), per_class.contiguous(), max_det, iou_threshold, conf_threshold)
-    # Kept mask (B, C*k) from the selected rows without scatter: one-hot rows, reduced by a matmul.
+    sel = nms_op(cand_boxes.contiguous(), per_class.contiguous(), max_det, iou_threshold, conf_threshold)
     flat = sel[:, 1] * k + sel[:, 2]
-    onehot_pos = (flat[:, None] == torch.arange(c * k, device=decoded.device)[None, :]).to(decoded.dtype)
-    onehot_img = (sel[:, 0:1] == torch.arange(bsz, device=decoded.device)[None, :]).to(decoded.dtype)
-    kept = onehot_img.transpose(0, 1) @ onehot_pos                             # (B, C*k)
+    if static:
+        # Kept mask (B, C*k) from the selected rows without scatter: one-hot rows, reduced by a matmul.
+        onehot_pos = (flat[:, None] == torch.arange(c * k, device=decoded.device)[None, :]).to(decoded.dtype)
+        onehot_img = (sel[:, 0:1] == torch.arange(bsz, device=decoded.device)[None, :]).to(decoded.dtype)
+        kept = onehot_img.transpose(0, 1) @ onehot_pos                         # (B, C*k)
+    else:
+        kept = decoded.new_zeros((bsz, c * k))
+        kept[sel[:, 0], flat] = 1.0
     masked = per_class.reshape(bsz, c * k) * (kept > 0).to(decoded.dtype)
     d = min(max_det, c * k)
     top, pos = masked.topk(d, dim=1)                                           # (B, d)
     valid = (top > 0).to(decoded.dtype)
     box_idx = pos % k
-    det = cand.gather(1, box_idx[..., None].expand(bsz, d, dim)) * valid[..., None]
+    rows = idx.gather(1, box_idx)                                              # (B, d) rows of ``decoded``
+    det = decoded.gather(1, rows[..., None].expand(bsz, d, dim)) * valid[..., None]
     out = Detections(
         # counted in floating point: TensorRT's ReduceSum takes no integer input
         num_dets=valid.sum(1).to(torch.int64),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from yolopose.data.image_io import ImageReadError, read_image
-from yolopose.data.sample import DatasetInfo, Sample
+from yolopose.data.sample import DatasetError, DatasetInfo, Sample
 from yolopose.data.table import LabelTable
 
 log = logging.getLogger("yolopose.data")
@@ -82,8 +82,42 @@ class LabelledImages:
             sizes[i] = self._measured[i]
         return sizes
 
+    def subset(self, images: np.ndarray) -> LabelledImages:
+        """The same split restricted to the images at the sorted indices ``images``."""
+        return LabelledImages(self.info, self.table.subset(images), self.image_root, self.source, self.normalized)
+
     def coco_gt(self) -> dict:
         """pycocotools ground truth in original image pixels (``images``, ``annotations``, ``categories``)."""
         sizes = self.image_sizes()
         table = self.table.to_pixels(sizes) if self.normalized else self.table
         return table.coco_gt(self.info, sizes)
+
+
+def check_negatives_fraction(fraction: float) -> None:
+    """``DatasetError`` unless ``data.train_negatives`` is a fraction in [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:
+        raise DatasetError(f"data.train_negatives must be a fraction in [0, 1] (0 none, 1 all), got {fraction}")
+
+
+def keep_negatives(split: LabelledImages, fraction: float, seed: int = 0) -> LabelledImages:
+    """``split`` with every image that holds a labelled instance (``LabelTable.labelled_images``) and
+    ``round(fraction * n)`` of its ``n`` other images ("negatives": no annotation, only crowd regions, or only
+    persons without labelled keypoints), drawn with a fixed ``seed`` (the same images every run and rank).
+
+    ``fraction`` 1 keeps the split as it is, 0 keeps the labelled images only. Raises ``DatasetError`` for a
+    fraction outside [0, 1] or when nothing would be left.
+    """
+    check_negatives_fraction(fraction)
+    labelled = split.table.labelled_images()
+    negatives = np.flatnonzero(~labelled)
+    keep_n = round(fraction * len(negatives))
+    if keep_n == len(negatives):
+        return split
+    kept = np.random.default_rng(seed).permutation(negatives)[:keep_n]
+    images = np.sort(np.concatenate([np.flatnonzero(labelled), kept]))
+    if not len(images):
+        raise DatasetError(f"{split.source}: no image holds an instance with labelled keypoints and "
+                           f"data.train_negatives={fraction} keeps none of the others: nothing to train on")
+    log.info("%s: %d images with a labelled instance + %d of %d without (data.train_negatives=%g): %d images",
+             split.source, int(labelled.sum()), keep_n, len(negatives), fraction, len(images))
+    return split.subset(images)

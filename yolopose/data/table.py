@@ -65,6 +65,24 @@ class LabelTable:
         count = labelled.sum(0)
         return np.where(count > 0, (rel * labelled).sum(0) / np.maximum(count, 1), 0.0)
 
+    def labelled_images(self) -> np.ndarray:
+        """``(I,)`` bool: image i holds at least one non-crowd annotation with ``num_keypoints > 0`` (the
+        images the evaluation's ``*_labelled_imgs`` metrics score; see ``yolopose.evaluation``)."""
+        has = ~self.crowd & (self.num_keypoints > 0)
+        image_of_ann = np.repeat(np.arange(len(self)), np.diff(self.offsets))
+        return np.bincount(image_of_ann[has], minlength=len(self)) > 0
+
+    def subset(self, images: np.ndarray) -> LabelTable:
+        """A table of the images at the sorted indices ``images (I',)`` with their annotations."""
+        images = np.asarray(images, np.int64)
+        counts = np.diff(self.offsets)[images]
+        anns = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in images]
+                              or [np.zeros(0, np.int64)]).astype(np.int64)
+        return LabelTable(self.file_names[images], self.image_ids[images], self.sizes[images],
+                          np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.boxes[anns],
+                          self.keypoints[anns], self.classes[anns], self.crowd[anns], self.ann_ids[anns],
+                          self.areas[anns], self.num_keypoints[anns])
+
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Image i's ``(boxes (N, 4) f32, keypoints (N, K, 3) f32, classes (N,) i64, crowd_boxes (M, 4) f32)``."""
         sl = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
