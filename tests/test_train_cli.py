@@ -17,7 +17,7 @@ from pycocotools.cocoeval import COCOeval
 
 from yolopose.checkpoint import read_checkpoint
 from yolopose.cli import main
-from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
+from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from yolopose.module import PoseModule
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ Sources (``format``):
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -24,8 +24,10 @@ from yolopose.data.coco import CocoKeypoints
 from yolopose.data.dataset import TrainDataset, ValDataset, collate, single_thread_opencv, worker_init_fn
 from yolopose.data.reader import LabelledImages
 from yolopose.data.sample import DatasetError
-from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from yolopose.data.yolo_txt import YoloPoseTxt
+
+if TYPE_CHECKING:  # the generator is imported only for format: synthetic (jsonargparse resolves the type)
+    from yolopose.synthetic import SyntheticConfig
 
 
 class PoseDataModule(pl.LightningDataModule):
@@ -114,6 +116,8 @@ class PoseDataModule(pl.LightningDataModule):
                 raise DatasetError("data.format is 'yolo' but data.yaml (the dataset YAML) is not set")
             return (YoloPoseTxt(yaml, "train", flip_index, sigmas), YoloPoseTxt(yaml, "val", flip_index, sigmas))
         if format == "synthetic":
+            from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
+
             paths = ensure_synthetic_dataset(synthetic or SyntheticConfig())
             train_ann, train_images = str(paths.train_ann), str(paths.train_images)
             val_ann, val_images = str(paths.val_ann), str(paths.val_images)
