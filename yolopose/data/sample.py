@@ -1,4 +1,5 @@
-"""The data layer's shared vocabulary: one decoded ``Sample``, the dataset's ``DatasetInfo``, and the
+"""The data layer's shared vocabulary: the dataset's ``DatasetInfo``, the two records images travel in
+(``Sample`` before augmentation, ``Item`` after), the default sigmas and flip pairs, and the
 ``DatasetError`` every reader raises for bad input.
 
 Coordinate convention (all of yolopose's data layer): continuous pixel coordinates, pixel ``(i, j)``
@@ -39,7 +40,7 @@ class DatasetInfo:
 
 @dataclass
 class Sample:
-    """One image with its labels in original pixel coordinates (N objects, M crowd regions, K keypoints).
+    """A decoded image with its labels in original pixels, as a reader loads it (N objects, M crowds, K keypoints).
 
     ``image (H, W, 3) uint8 RGB``; ``boxes (N, 4) float32 xyxy``; ``keypoints (N, K, 3) float32 (x, y, v)``
     with v in {0, 1, 2} and x = y = 0 wherever v = 0; ``classes (N,) int64`` in 0..C-1; ``crowd_boxes
@@ -52,6 +53,23 @@ class Sample:
     crowd_boxes: np.ndarray
     image_id: int
     orig_size: tuple[int, int]
+
+
+@dataclass
+class Item:
+    """A network input with its labels in input pixels, as augmentation or letterbox make it from a ``Sample``.
+
+    ``image (S, S, 3) uint8 RGB``; ``boxes (N, 4) f32 xyxy``; ``keypoints (N, K, 3) f32``; ``classes (N,)
+    i64``; ``crowd_boxes (M, 4) f32``; ``meta``: ``image_id``, ``orig_size (h, w)``, ``scale``, ``pad``
+    with ``original = (input - pad) / scale`` (exact for letterboxed validation items).
+    """
+    image: np.ndarray
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    classes: np.ndarray
+    crowd_boxes: np.ndarray
+    meta: dict
+    num_skipped: int = 0
 
 
 # --------------------------------------------------------------------------- flip pairs
