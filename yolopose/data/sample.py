@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from yolopose.geometry import COCO_PERSON_SIGMAS, UNIFORM_SIGMA
+from yolopose.geometry import default_sigma_list
 
 
 class DatasetError(ValueError):
@@ -123,11 +123,9 @@ def validate_flip_index(flip_index: Sequence[int], num_keypoints: int, source: s
 
 
 def resolve_sigmas(sigmas: Sequence[float] | None, num_keypoints: int, category_name: str, source: str) -> list[float]:
-    """Configured sigmas (validated), else COCO's for a 17-keypoint ``person``, else ``UNIFORM_SIGMA`` each."""
+    """Configured sigmas (validated), else the defaults of ``geometry.default_sigma_list`` for this category."""
     if sigmas is None:
-        if num_keypoints == len(COCO_PERSON_SIGMAS) and category_name.strip().lower() == "person":
-            return list(COCO_PERSON_SIGMAS)
-        return [UNIFORM_SIGMA] * num_keypoints
+        return default_sigma_list(num_keypoints, category_name)
     out = [float(s) for s in sigmas]
     if len(out) != num_keypoints:
         raise DatasetError(f"{source}: sigmas has {len(out)} values, expected {num_keypoints} (one per keypoint)")
