@@ -78,7 +78,8 @@ class PoseDataModule(pl.LightningDataModule):
         if image_size <= 0 or image_size % 64:
             raise DatasetError(f"data.image_size must be a positive multiple of 64 (the P6 stride), got {image_size}")
         if batch_size < 1 or num_workers < 0:
-            raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
+            raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, "
+                               f"got {batch_size}, {num_workers}")
         self.format = format
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size

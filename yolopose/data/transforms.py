@@ -29,10 +29,12 @@ MIN_BOX_AREA_FRAC = 0.1
 
 # --------------------------------------------------------------------------- matrices
 def translation(tx: float, ty: float) -> np.ndarray:
+    """``(3, 3)`` shift by ``(tx, ty)`` pixels."""
     return np.array([[1.0, 0, tx], [0, 1, ty], [0, 0, 1]])
 
 
 def scaling(sx: float, sy: float | None = None) -> np.ndarray:
+    """``(3, 3)`` scale about the origin (``sy`` defaults to ``sx``)."""
     return np.diag([sx, sx if sy is None else sy, 1.0])
 
 

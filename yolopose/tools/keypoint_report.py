@@ -126,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the report for a checkpoint on a COCO split; 0 on success."""
     a = parser().parse_args(sys.argv[1:] if argv is None else argv)
     module = PoseModule.load_from_checkpoint(a.weights, map_location="cpu").eval()
     data = PoseDataModule(format="coco", train_ann=a.ann, train_images=a.images, val_ann=a.ann, val_images=a.images,

@@ -22,6 +22,7 @@ CONFIG = "overfit"  # a shipped config, found by name (yolopose/configs/overfit.
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The tool's own flags, and the rest (passed on to ``train.py fit``)."""
     p = argparse.ArgumentParser(prog="python -m yolopose.tools.overfit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ann", required=True, help="COCO keypoints JSON of the images to overfit (a handful)")
@@ -41,6 +42,7 @@ def train_args(a: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train on the images until ``--target`` keypoint AP; 0 when reached, 1 when not."""
     a, extra = parse(sys.argv[1:] if argv is None else argv)
     train_main(train_args(a, extra))
     runs = sorted(Path(a.out).glob("lightning_logs/version_*/metrics.json"), key=lambda p: p.stat().st_mtime)
