@@ -46,7 +46,7 @@ def _trained_module() -> PoseModule:
 
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # exports (and trains) a model
 
 
 @pytest.fixture(scope="module")
