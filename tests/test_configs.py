@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from yolopose.cli import ConfigError, main, resolve_configs
-from yolopose.configs import CONFIG_DIR, find_config
+from yolopose.configs import BASE_OF, CONFIG_DIR, find_config, shipped
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -49,6 +49,7 @@ def test_config_is_found_by_name_or_path_from_any_directory(spelling: str, tmp_p
     value = str(CONFIG_DIR / "coco_s_960.yaml") if spelling == "REAL_PATH" else spelling
     printed = _printed(["fit", "--config", value], capsys)
     assert printed["data"]["image_size"] == 960 and printed["trainer"]["default_root_dir"] == "runs/coco_s_960"
+    assert printed["model"]["lr"] == 0.01 and printed["data"]["train_ann"].endswith("person_keypoints_train2017.json")
 
 
 def test_a_file_of_ones_own_wins_over_a_shipped_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -97,3 +98,37 @@ def test_no_arguments_run_the_shipped_demo_from_any_directory(tmp_path: Path, mo
     cli.main([])
     assert seen == [["fit", "--config", str(CONFIG_DIR / "demo.yaml")]]
     assert "running the synthetic demo (demo.yaml)" in capsys.readouterr().out
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """``{"section.key": value}`` of a YAML mapping's scalars and lists."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("overlay", sorted(BASE_OF))
+def test_coco_overlay_is_its_base_plus_four_values(overlay: str, capsys: pytest.CaptureFixture) -> None:
+    base = _leaves(yaml.safe_load((CONFIG_DIR / f"{BASE_OF[overlay]}.yaml").read_text()))
+    own = _leaves(yaml.safe_load((CONFIG_DIR / f"{overlay}.yaml").read_text()))
+    assert set(own) == {"trainer.default_root_dir", "model.variant", "data.image_size", "data.batch_size"}
+    assert not set(own) & set(base)
+    for spelling in (overlay, str(CONFIG_DIR / f"{overlay}.yaml")):  # by name or by its path: the base comes first
+        printed = _leaves(_printed(["fit", "--config", spelling], capsys))
+        for key, value in {**base, **own}.items():
+            if key != "trainer.callbacks":  # a list of class specs: printed with the defaults filled in
+                assert printed[key] == value, f"{overlay}: {key}"
+    assert printed["model.variant"] == overlay.split("_")[1] and printed["data.image_size"] == int(overlay[-3:])
+
+
+def test_every_coco_config_is_an_overlay_and_a_base_can_be_named_explicitly() -> None:
+    assert sorted(BASE_OF) == [n for n in shipped() if n.startswith("coco_") and n != "coco_base"]
+    base = str(CONFIG_DIR / "coco_base.yaml")
+    assert resolve_configs(["fit", "--config", "coco_m_960"]) == ["fit", "--config", base, "--config",
+                                                                  str(CONFIG_DIR / "coco_m_960.yaml")]
+    assert resolve_configs(["fit", "--config=coco_base", "--config=x:{"]) == ["fit", f"--config={base}",
+                                                                              "--config=x:{"]

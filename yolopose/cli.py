@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from yolopose.checkpoint import CheckpointError, checkpoint_hparams
-from yolopose.configs import find_config, shipped
+from yolopose.configs import config_files, shipped
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.data.sample import DatasetError
 from yolopose.module import PoseModule
@@ -29,31 +29,30 @@ class ConfigError(ValueError):
 
 
 def resolve_configs(args: list[str]) -> list[str]:
-    """``args`` with every ``--config`` / ``-c`` value made a file path: a shipped config by its bare name
-    (``coco_s_640``, ``coco_s_640.yaml``) or any file path (see ``yolopose.configs.find_config``).
+    """``args`` with every ``--config`` / ``-c`` value made file paths: a shipped config by its bare name
+    (``coco_s_640``, ``coco_s_640.yaml``) or any file path, a shipped overlay preceded by its base
+    (see ``yolopose.configs.config_files``).
 
     Raises:
         ConfigError: a value that is neither a file nor a shipped config (inline YAML is passed on).
     """
-    out = list(args)
-    for i, arg in enumerate(out):
-        flag, eq, value = arg.partition("=")
-        if flag not in ("--config", "-c"):
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag not in ("--config", "-c") or (not eq and i + 1 >= len(args)):
+            out.append(args[i])
+            i += 1
             continue
         if not eq:
-            if i + 1 >= len(out):
-                continue
-            value = out[i + 1]
-        found = find_config(value)
-        if found is None:
-            if any(c in value for c in ":{\n"):  # inline YAML, which jsonargparse also accepts
-                continue
+            value = args[i + 1]
+        files = config_files(value)
+        if files is None and not any(c in value for c in ":{\n"):  # inline YAML goes on to jsonargparse
             raise ConfigError(f"--config {value}: no such file and no shipped config of that name "
                               f"(shipped: {', '.join(shipped())})")
-        if eq:
-            out[i] = f"{flag}={found}"
-        else:
-            out[i + 1] = str(found)
+        for f in files or [value]:
+            out += [f"{flag}={f}"] if eq else [flag, str(f)]
+        i += 1 if eq else 2
     return out
 
 

@@ -3,12 +3,18 @@
 ``python train.py fit --config NAME`` takes a file path or the name of a config here, with or without
 ``.yaml``; an old repo-relative path such as ``configs/demo.yaml`` that no longer exists also finds the
 shipped file of that name. A non-editable ``pip install`` carries these files along.
+
+The six ``coco_<variant>_<size>`` configs are overlays of four values on ``coco_base``: naming one (or
+giving its path here) passes ``coco_base`` first, and jsonargparse merges the two in that order.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent
+
+BASE_OF = {f"coco_{variant}_{size}": "coco_base" for variant in "sml" for size in (640, 960)}
+"""Shipped overlays -> the shipped config each one is applied on top of."""
 
 
 def shipped() -> list[str]:
@@ -28,3 +34,13 @@ def find_config(value: str) -> Path | None:
         if (CONFIG_DIR / f"{stem}.yaml").is_file():
             return CONFIG_DIR / f"{stem}.yaml"
     return None
+
+
+def config_files(value: str) -> list[Path] | None:
+    """The files, in merge order, that ``--config value`` stands for: ``find_config(value)``, preceded by its
+    base when it is a shipped overlay (see ``BASE_OF``); ``None`` when nothing is found."""
+    path = find_config(value)
+    if path is None:
+        return None
+    base = BASE_OF.get(path.stem) if path.resolve().parent == CONFIG_DIR else None
+    return ([CONFIG_DIR / f"{base}.yaml"] if base else []) + [path]
