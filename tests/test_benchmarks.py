@@ -10,6 +10,7 @@ from benchmarks import data_pipeline, evaluation, inference, model, optimizer, r
 from benchmarks.common import Config, Table
 
 CFG = Config(quick=True, threads=1)
+pytestmark = pytest.mark.slow  # runs every benchmark once, end to end
 
 
 def _check(tables: list[Table], min_rows: int = 1) -> None:

@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from yolopose.cli import main
+from yolopose.configs import CONFIG_DIR
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("coco_*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.glob("coco_*_*.yaml"))
 POSE = [p for p in CONFIGS if "detector" not in p.stem]
 
 

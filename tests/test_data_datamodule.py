@@ -11,7 +11,7 @@ import torch
 
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.data.dataset import collate, worker_init_fn
-from yolopose.data.transforms import Item
+from yolopose.data.sample import Item
 from yolopose.geometry import UNIFORM_SIGMA
 from yolopose.postprocess import undo_letterbox
 

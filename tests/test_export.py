@@ -71,7 +71,7 @@ def session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # exports (and trains) a model
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """CIoU, OKS and decode invariants."""
 import torch
 
-from yolopose.geometry import (ciou, cxcywh_to_xyxy, decode, decode_level, default_sigmas, keypoint_similarity,
-                               xyxy_to_cxcywh, COCO_PERSON_SIGMAS)
+from yolopose.geometry import (ciou, cxcywh_to_xyxy, decode, decode_level, default_sigma_list, default_sigmas,
+                               keypoint_similarity, xyxy_to_cxcywh, COCO_PERSON_SIGMAS, UNIFORM_SIGMA)
 
 
 def test_ciou_of_identical_boxes_is_one() -> None:
@@ -50,6 +50,15 @@ def test_default_sigmas() -> None:
     assert torch.allclose(default_sigmas(17), torch.tensor(COCO_PERSON_SIGMAS))
     s = default_sigmas(5)
     assert s.shape == (5,) and torch.all(s == s[0])
+
+
+def test_default_sigmas_are_cocos_only_for_a_17_keypoint_person() -> None:
+    coco = torch.tensor(COCO_PERSON_SIGMAS)
+    assert torch.allclose(default_sigmas(17, " Person "), coco)
+    for k, name in ((17, "dog"), (17, "hand"), (5, "person")):
+        s = default_sigmas(k, name)
+        assert s.shape == (k,) and torch.allclose(s, torch.full((k,), UNIFORM_SIGMA))
+    assert default_sigma_list(17, "person") == list(COCO_PERSON_SIGMAS)  # exact floats for hparams/metadata
 
 
 def test_box_format_roundtrip() -> None:

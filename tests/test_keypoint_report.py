@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import KPT_NAMES
 from yolopose.module import PoseModule
-from yolopose.tools.keypoint_report import main
+from yolopose.tools.keypoint_report import main, parser
 
 POSE = np.array([[0.0, -0.4], [-0.1, -0.45], [0.1, -0.45], [-0.3, 0.1], [0.35, 0.05]])  # box-relative
 
@@ -36,7 +36,7 @@ def test_report_scores_the_mean_pose_baseline_and_lists_every_keypoint(
         capsys: pytest.CaptureFixture[str]) -> None:
     ann, images = write_coco(_same_pose_everywhere(people_coco([(120, 160), (200, 150), (128, 128)])), "val")
     ckpt = _checkpoint(tmp_path / "m.ckpt", len(POSE))
-    assert main(["--ckpt", str(ckpt), "--ann", str(ann), "--images", str(images), "--imgsz", "128"]) == 0
+    assert main(["--weights", str(ckpt), "--ann", str(ann), "--images", str(images), "--image_size", "128"]) == 0
     out = capsys.readouterr().out
     # every person shares the mean pose: placed in the true boxes, it is exact once mapped back
     assert "mean pose in GT box    AP 1.000" in out
@@ -53,3 +53,11 @@ def test_report_refuses_a_checkpoint_of_another_k(people_coco: Callable[..., dic
     ckpt = _checkpoint(tmp_path / "m3.ckpt", 3)
     with pytest.raises(SystemExit, match="K=5 but .* has K=3"):
         main(["--ckpt", str(ckpt), "--ann", str(ann), "--images", str(images), "--imgsz", "128"])
+
+
+def test_old_flag_names_stay_aliases_of_the_shared_ones() -> None:
+    common = ["--ann", "a.json", "--images", "dir"]
+    new = parser().parse_args(["--weights", "m.ckpt", "--image_size", "320", "--batch_size", "4", *common])
+    old = parser().parse_args(["--ckpt", "m.ckpt", "--imgsz", "320", "--batch", "4", *common])
+    assert vars(new) == vars(old) == {"weights": "m.ckpt", "image_size": 320, "batch_size": 4, "ann": "a.json",
+                                      "images": "dir"}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from yolopose.data.synthetic import SyntheticConfig, write_synthetic_dataset
+from yolopose.synthetic import SyntheticConfig, write_synthetic_dataset
 from yolopose.tools.overfit import main
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from yolopose.data.synthetic import SyntheticConfig
-from yolopose.data.synthetic_scene import render_scene
+from yolopose.synthetic.config import SyntheticConfig
+from yolopose.synthetic.scene import render_scene
 from yolopose.export import ExportOptions, check_images, export_onnx
 from yolopose.module import PoseModule
 from yolopose.predict import load_predictor, main, preprocess
@@ -46,7 +46,7 @@ def _trained_module() -> PoseModule:
 
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # exports (and trains) a model
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from yolopose.data import synthetic
+from yolopose.synthetic import generate as synthetic
 from yolopose.data.coco_person import COCO_KEYPOINT_NAMES
-from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset, write_synthetic_dataset
-from yolopose.data.synthetic_figure import sample_figure
-from yolopose.data.synthetic_preview import LEFT, RIGHT, draw_annotations
-from yolopose.data.synthetic_scene import keypoint_labels
+from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset, scene_images, write_synthetic_dataset
+from yolopose.synthetic.figure import sample_figure
+from yolopose.synthetic.preview import LEFT, RIGHT, draw_annotations
+from yolopose.synthetic.scene import keypoint_labels, render_scene
 
 K = {name: i for i, name in enumerate(COCO_KEYPOINT_NAMES)}
 SMALL = dict(num_train=60, num_val=12, image_size=192)
@@ -198,3 +198,13 @@ def test_preview_marks_left_and_right_keypoints_in_their_colours() -> None:
     category = {"keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": []}
     drawn = draw_annotations(np.zeros((64, 64, 3), np.uint8), [ann], category)
     assert tuple(drawn[30, 40]) == LEFT and tuple(drawn[30, 20]) == RIGHT
+
+
+def test_scene_images_are_reproducible_rgb_scenes() -> None:
+    images = scene_images(3, 96, 72, seed=5)
+    assert [im.shape for im in images] == [(72, 96, 3)] * 3 and all(im.dtype == np.uint8 for im in images)
+    assert all(np.array_equal(a, b) for a, b in zip(images, scene_images(3, 96, 72, seed=5)))
+    assert np.array_equal(images[1], scene_images(1, 96, 72, seed=6)[0])  # image i comes from seed + i
+    bgr, _ = render_scene(np.random.default_rng(5), SyntheticConfig(), 96, 72)
+    assert np.array_equal(images[0], bgr[..., ::-1])  # RGB, as the data layer and preprocessing expect
+    assert not np.array_equal(images[0], images[1])

@@ -17,7 +17,7 @@ from pycocotools.cocoeval import COCOeval
 
 from yolopose.checkpoint import read_checkpoint
 from yolopose.cli import main
-from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
+from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from yolopose.module import PoseModule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +155,8 @@ def test_bad_config_is_a_one_line_error_before_training(tmp_path: Path, cache: P
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_variant_is_rejected_before_training(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unknown_variant_is_rejected_before_training(tmp_path: Path, cache: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", str(tiny_config(tmp_path, cache)), "--model.variant", "q"])
     assert exc.value.code != 0

@@ -13,11 +13,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from yolopose.checkpoint import CheckpointError, checkpoint_hparams
+from yolopose.configs import config_files, shipped
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.data.sample import DatasetError
 from yolopose.module import PoseModule
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_CONFIG = "demo"  # the shipped config that runs when train.py gets no arguments
 
 # Dataset facts the model takes from the DataModule: typed once, in the data.
 LINKED = ("num_keypoints", "num_classes", "sigmas", "keypoint_names", "skeleton", "category_ids", "keypoint_prior")
@@ -25,6 +26,34 @@ LINKED = ("num_keypoints", "num_classes", "sigmas", "keypoint_names", "skeleton"
 
 class ConfigError(ValueError):
     """A configuration problem found before training starts."""
+
+
+def resolve_configs(args: list[str]) -> list[str]:
+    """``args`` with every ``--config`` / ``-c`` value made file paths: a shipped config by its bare name
+    (``coco_s_640``, ``coco_s_640.yaml``) or any file path, a shipped overlay preceded by its base
+    (see ``yolopose.configs.config_files``).
+
+    Raises:
+        ConfigError: a value that is neither a file nor a shipped config (inline YAML is passed on).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        if flag not in ("--config", "-c") or (not eq and i + 1 >= len(args)):
+            out.append(args[i])
+            i += 1
+            continue
+        if not eq:
+            value = args[i + 1]
+        files = config_files(value)
+        if files is None and not any(c in value for c in ":{\n"):  # inline YAML goes on to jsonargparse
+            raise ConfigError(f"--config {value}: no such file and no shipped config of that name "
+                              f"(shipped: {', '.join(shipped())})")
+        for f in files or [value]:
+            out += [f"{flag}={f}"] if eq else [flag, str(f)]
+        i += 1 if eq else 2
+    return out
 
 
 def find_last_checkpoint(root: Path) -> Path | None:
@@ -128,10 +157,11 @@ def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
     quiet_lightning()
     if not args:
-        args = ["fit", "--config", str(DEMO_CONFIG)]
-        print(f"no arguments: running the synthetic demo ({DEMO_CONFIG.name}); see README.md for real data",
+        args = ["fit", "--config", DEMO_CONFIG]
+        print(f"no arguments: running the synthetic demo ({DEMO_CONFIG}.yaml); see README.md for real data",
               flush=True)
     try:
+        args = resolve_configs(args)
         PoseCLI(PoseModule, PoseDataModule, args=args, save_config_kwargs={"overwrite": True},
                 parser_kwargs={"default_env": False})
     except (ConfigError, CheckpointError, DatasetError) as exc:

@@ -27,11 +27,18 @@ UNIFORM_SIGMA = 1.0 / len(COCO_PERSON_SIGMAS) * sum(COCO_PERSON_SIGMAS)
 """Sigma used for every keypoint of a skeleton without published sigmas (the COCO person mean, ~0.066)."""
 
 
-def default_sigmas(num_keypoints: int) -> torch.Tensor:
-    """COCO person sigmas when ``num_keypoints`` matches them, else a uniform ``UNIFORM_SIGMA``. Shape ``(K,)``."""
-    if num_keypoints == len(COCO_PERSON_SIGMAS):
-        return torch.tensor(COCO_PERSON_SIGMAS, dtype=torch.float32)
-    return torch.full((num_keypoints,), UNIFORM_SIGMA, dtype=torch.float32)
+def default_sigma_list(num_keypoints: int, category_name: str = "person") -> list[float]:
+    """The one rule for sigmas a dataset does not configure: COCO's person sigmas for a 17-keypoint
+    category named ``person`` (any case, surrounding spaces ignored), else ``UNIFORM_SIGMA`` for each of
+    the K keypoints. ``category_name`` defaults to ``person``, the category of the bare network (K = 17)."""
+    if num_keypoints == len(COCO_PERSON_SIGMAS) and category_name.strip().lower() == "person":
+        return list(COCO_PERSON_SIGMAS)
+    return [UNIFORM_SIGMA] * num_keypoints
+
+
+def default_sigmas(num_keypoints: int, category_name: str = "person") -> torch.Tensor:
+    """``default_sigma_list`` as a float32 tensor of shape ``(K,)``."""
+    return torch.tensor(default_sigma_list(num_keypoints, category_name), dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------- boxes

@@ -182,7 +182,8 @@ def parse_coco(ann_file: Path | str, image_dir: Path | str, flip_index: Sequence
         log.warning("%s: annotation ids are not unique; renumbering them 1..%d", source, len(ann_ids))
         ann_ids = list(range(1, len(ann_ids) + 1))
     xywh = _numbers(bboxes, 4, source, "bbox", ann_ids)
-    keypoints = clean_keypoints(_numbers(kpts, 3 * k, source, "keypoints", ann_ids).reshape(-1, k, 3)).astype(np.float32)
+    keypoints = clean_keypoints(_numbers(kpts, 3 * k, source, "keypoints", ann_ids).reshape(-1, k, 3))
+    keypoints = keypoints.astype(np.float32)
     boxes, keep = repair_boxes(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), keypoints)
     if not keep.all():
         dropped = [ann_ids[i] for i in np.flatnonzero(~keep)[:10]]

@@ -13,7 +13,7 @@ Sources (``format``):
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -24,8 +24,10 @@ from yolopose.data.coco import CocoKeypoints
 from yolopose.data.dataset import TrainDataset, ValDataset, collate, single_thread_opencv, worker_init_fn
 from yolopose.data.reader import LabelledImages, check_negatives_fraction, keep_negatives
 from yolopose.data.sample import DatasetError
-from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from yolopose.data.yolo_txt import YoloPoseTxt
+
+if TYPE_CHECKING:  # the generator is imported only for format: synthetic (jsonargparse resolves the type)
+    from yolopose.synthetic import SyntheticConfig
 
 
 class PoseDataModule(pl.LightningDataModule):
@@ -81,7 +83,8 @@ class PoseDataModule(pl.LightningDataModule):
         if image_size <= 0 or image_size % 64:
             raise DatasetError(f"data.image_size must be a positive multiple of 64 (the P6 stride), got {image_size}")
         if batch_size < 1 or num_workers < 0:
-            raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
+            raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, "
+                               f"got {batch_size}, {num_workers}")
         check_negatives_fraction(train_negatives)   # before any file is parsed
         self.format = format
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
@@ -121,6 +124,8 @@ class PoseDataModule(pl.LightningDataModule):
                 raise DatasetError("data.format is 'yolo' but data.yaml (the dataset YAML) is not set")
             return (YoloPoseTxt(yaml, "train", flip_index, sigmas), YoloPoseTxt(yaml, "val", flip_index, sigmas))
         if format == "synthetic":
+            from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
+
             paths = ensure_synthetic_dataset(synthetic or SyntheticConfig())
             train_ann, train_images = str(paths.train_ann), str(paths.train_images)
             val_ann, val_images = str(paths.val_ann), str(paths.val_images)

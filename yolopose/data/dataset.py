@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from yolopose.data.augment import AugmentConfig, TrainAugment
 from yolopose.data.image_io import ImageReadError
 from yolopose.data.reader import LabelledImages
-from yolopose.data.sample import Sample, empty_labels
-from yolopose.data.transforms import FILL_VALUE, Item, letterbox
+from yolopose.data.sample import Item, Sample, empty_labels
+from yolopose.data.transforms import FILL_VALUE, letterbox
 
 log = logging.getLogger("yolopose.data")
 

@@ -1,4 +1,5 @@
-"""The data layer's shared vocabulary: one decoded ``Sample``, the dataset's ``DatasetInfo``, and the
+"""The data layer's shared vocabulary: the dataset's ``DatasetInfo``, the two records images travel in
+(``Sample`` before augmentation, ``Item`` after), the default sigmas and flip pairs, and the
 ``DatasetError`` every reader raises for bad input.
 
 Coordinate convention (all of yolopose's data layer): continuous pixel coordinates, pixel ``(i, j)``
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from yolopose.geometry import COCO_PERSON_SIGMAS, UNIFORM_SIGMA
+from yolopose.geometry import default_sigma_list
 
 
 class DatasetError(ValueError):
@@ -39,7 +40,7 @@ class DatasetInfo:
 
 @dataclass
 class Sample:
-    """One image with its labels in original pixel coordinates (N objects, M crowd regions, K keypoints).
+    """A decoded image with its labels in original pixels, as a reader loads it (N objects, M crowds, K keypoints).
 
     ``image (H, W, 3) uint8 RGB``; ``boxes (N, 4) float32 xyxy``; ``keypoints (N, K, 3) float32 (x, y, v)``
     with v in {0, 1, 2} and x = y = 0 wherever v = 0; ``classes (N,) int64`` in 0..C-1; ``crowd_boxes
@@ -52,6 +53,23 @@ class Sample:
     crowd_boxes: np.ndarray
     image_id: int
     orig_size: tuple[int, int]
+
+
+@dataclass
+class Item:
+    """A network input with its labels in input pixels, as augmentation or letterbox make it from a ``Sample``.
+
+    ``image (S, S, 3) uint8 RGB``; ``boxes (N, 4) f32 xyxy``; ``keypoints (N, K, 3) f32``; ``classes (N,)
+    i64``; ``crowd_boxes (M, 4) f32``; ``meta``: ``image_id``, ``orig_size (h, w)``, ``scale``, ``pad``
+    with ``original = (input - pad) / scale`` (exact for letterboxed validation items).
+    """
+    image: np.ndarray
+    boxes: np.ndarray
+    keypoints: np.ndarray
+    classes: np.ndarray
+    crowd_boxes: np.ndarray
+    meta: dict
+    num_skipped: int = 0
 
 
 # --------------------------------------------------------------------------- flip pairs
@@ -105,11 +123,9 @@ def validate_flip_index(flip_index: Sequence[int], num_keypoints: int, source: s
 
 
 def resolve_sigmas(sigmas: Sequence[float] | None, num_keypoints: int, category_name: str, source: str) -> list[float]:
-    """Configured sigmas (validated), else COCO's for a 17-keypoint ``person``, else ``UNIFORM_SIGMA`` each."""
+    """Configured sigmas (validated), else the defaults of ``geometry.default_sigma_list`` for this category."""
     if sigmas is None:
-        if num_keypoints == len(COCO_PERSON_SIGMAS) and category_name.strip().lower() == "person":
-            return list(COCO_PERSON_SIGMAS)
-        return [UNIFORM_SIGMA] * num_keypoints
+        return default_sigma_list(num_keypoints, category_name)
     out = [float(s) for s in sigmas]
     if len(out) != num_keypoints:
         raise DatasetError(f"{source}: sigmas has {len(out)} values, expected {num_keypoints} (one per keypoint)")

@@ -16,41 +16,25 @@ Label rules after a geometric transform to an S x S output:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from yolopose.data.sample import Sample
+from yolopose.data.sample import Item, Sample
 
 FILL_VALUE = 114  # grey of padding and uncovered canvas, as in YOLOv5/YOLOX
 MIN_BOX_SIDE = 2.0
 MIN_BOX_AREA_FRAC = 0.1
 
 
-@dataclass
-class Item:
-    """One network input with labels in its pixels (N objects, M crowd boxes, K keypoints).
-
-    ``image (S, S, 3) uint8 RGB``; ``boxes (N, 4) f32 xyxy``; ``keypoints (N, K, 3) f32``; ``classes (N,)
-    i64``; ``crowd_boxes (M, 4) f32``; ``meta``: ``image_id``, ``orig_size (h, w)``, ``scale``, ``pad``
-    with ``original = (input - pad) / scale`` (exact for letterboxed validation items).
-    """
-    image: np.ndarray
-    boxes: np.ndarray
-    keypoints: np.ndarray
-    classes: np.ndarray
-    crowd_boxes: np.ndarray
-    meta: dict
-    num_skipped: int = 0
-
-
 # --------------------------------------------------------------------------- matrices
 def translation(tx: float, ty: float) -> np.ndarray:
+    """``(3, 3)`` shift by ``(tx, ty)`` pixels."""
     return np.array([[1.0, 0, tx], [0, 1, ty], [0, 0, 1]])
 
 
 def scaling(sx: float, sy: float | None = None) -> np.ndarray:
+    """``(3, 3)`` scale about the origin (``sy`` defaults to ``sx``)."""
     return np.diag([sx, sx if sy is None else sy, 1.0])
 
 

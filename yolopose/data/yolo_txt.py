@@ -172,7 +172,8 @@ class YoloPoseTxt(LabelledImages):
         boxes, keep = repair_boxes(np.concatenate([cxcy - wh / 2, cxcy + wh / 2], axis=1), keypoints, 1e-6)
         n = len(rows)
         return build_table(
-            file_names=[str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in images], image_ids=ids, sizes=[(0, 0)] * len(images),
+            file_names=[str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in images],
+            image_ids=ids, sizes=[(0, 0)] * len(images),
             ann_image_index=np.repeat(np.arange(len(images)), [len(x) for x in labels])[keep],
             boxes=boxes[keep], keypoints=keypoints[keep], classes=rows[keep, 0].astype(np.int64),
             crowd=np.zeros(int(keep.sum()), bool), ann_ids=np.arange(1, n + 1)[keep], areas=np.zeros(int(keep.sum())),

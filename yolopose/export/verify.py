@@ -41,15 +41,10 @@ class CheckReport:
 
 def check_images(imgsz: int, batch: int, seed: int = 0) -> np.ndarray:
     """``(batch, 3, S, S)`` float32: synthetic scenes with people, letterboxed as predict.py does."""
-    from yolopose.data.synthetic import SyntheticConfig
-    from yolopose.data.synthetic_scene import render_scene
     from yolopose.predict import preprocess
+    from yolopose.synthetic import scene_images
 
-    out = []
-    for i in range(batch):
-        rng = np.random.default_rng(seed + i)
-        bgr, _ = render_scene(rng, SyntheticConfig(max_people=6), imgsz, imgsz * 3 // 4)
-        out.append(preprocess(bgr[..., ::-1], imgsz)[0])
+    out = [preprocess(rgb, imgsz)[0] for rgb in scene_images(batch, imgsz, imgsz * 3 // 4, seed)]
     return np.stack(out).astype(np.float32)
 
 

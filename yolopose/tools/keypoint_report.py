@@ -1,6 +1,6 @@
 """Where does a checkpoint's keypoint AP go? Localisation vs selection, per keypoint and per level.
 
-    python -m yolopose.tools.keypoint_report --ckpt best.ckpt --ann val.json --images val_dir [--imgsz 640]
+    python -m yolopose.tools.keypoint_report --weights best.ckpt --ann val.json --images val_dir [--image_size 640]
 
 On a COCO-format split (the synthetic set's ``val.json`` works too) it prints three keypoint APs, all
 through pycocotools with the checkpoint's sigmas:
@@ -112,20 +112,27 @@ class KeypointReport:
                 print(f"  {level}: {oks[sel].mean():.3f} over {int(sel.sum())} anchors")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (``--ckpt``, ``--imgsz`` and ``--batch`` are kept as aliases of the shared names)."""
     p = argparse.ArgumentParser(prog="python -m yolopose.tools.keypoint_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="a training checkpoint (.ckpt)")
+    p.add_argument("--weights", "--ckpt", dest="weights", required=True, help="a training checkpoint (.ckpt)")
     p.add_argument("--ann", required=True, help="COCO keypoints JSON of the split to examine")
     p.add_argument("--images", required=True, help="folder that the JSON's file_name entries are relative to")
-    p.add_argument("--imgsz", type=int, default=640, help="network input size (default 640)")
-    p.add_argument("--batch", type=int, default=16)
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    module = PoseModule.load_from_checkpoint(a.ckpt, map_location="cpu").eval()
+    p.add_argument("--image_size", "--imgsz", dest="image_size", type=int, default=640,
+                   help="network input size (default 640)")
+    p.add_argument("--batch_size", "--batch", dest="batch_size", type=int, default=16)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the report for a checkpoint on a COCO split; 0 on success."""
+    a = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    module = PoseModule.load_from_checkpoint(a.weights, map_location="cpu").eval()
     data = PoseDataModule(format="coco", train_ann=a.ann, train_images=a.images, val_ann=a.ann, val_images=a.images,
-                          image_size=a.imgsz, batch_size=a.batch, num_workers=0)
+                          image_size=a.image_size, batch_size=a.batch_size, num_workers=0)
     if data.num_keypoints != module.hparams.num_keypoints:
-        raise SystemExit(f"{a.ann}: K={data.num_keypoints} but {a.ckpt} has K={module.hparams.num_keypoints}")
+        raise SystemExit(f"{a.ann}: K={data.num_keypoints} but {a.weights} has K={module.hparams.num_keypoints}")
     prior = module.hparams.keypoint_prior or data.keypoint_prior
     report = KeypointReport(module, np.asarray(prior, dtype=np.float32))
     for batch in data.val_dataloader():

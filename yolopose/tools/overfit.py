@@ -2,7 +2,7 @@
 
     python -m yolopose.tools.overfit --ann annotations.json --images image_dir [--target 0.95] [train.py flags]
 
-Trains with ``configs/overfit.yaml`` (no augmentation, validation on the training images themselves)
+Trains with the shipped ``overfit`` config (no augmentation, validation on the training images themselves)
 through the real ``train.py`` pipeline - reader, letterbox, loss, decode, NMS, pycocotools - and stops as
 soon as the keypoint AP on those images reaches ``--target``. Reaching ~1.0 shows that the annotations
 are read correctly (K, skeleton, flip pairs, sigmas, visibility) and that the whole chain can fit them;
@@ -18,10 +18,11 @@ from pathlib import Path
 
 from yolopose.cli import main as train_main
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "overfit.yaml"
+CONFIG = "overfit"  # a shipped config, found by name (yolopose/configs/overfit.yaml)
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The tool's own flags, and the rest (passed on to ``train.py fit``)."""
     p = argparse.ArgumentParser(prog="python -m yolopose.tools.overfit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ann", required=True, help="COCO keypoints JSON of the images to overfit (a handful)")
@@ -33,7 +34,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def train_args(a: argparse.Namespace, extra: list[str]) -> list[str]:
     """The ``train.py fit`` arguments of the check: the same file for training and validation."""
-    return ["fit", "--config", str(CONFIG),
+    return ["fit", "--config", CONFIG,
             "--data.train_ann", a.ann, "--data.train_images", a.images,
             "--data.val_ann", a.ann, "--data.val_images", a.images,
             "--trainer.default_root_dir", a.out,
@@ -41,6 +42,7 @@ def train_args(a: argparse.Namespace, extra: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train on the images until ``--target`` keypoint AP; 0 when reached, 1 when not."""
     a, extra = parse(sys.argv[1:] if argv is None else argv)
     train_main(train_args(a, extra))
     runs = sorted(Path(a.out).glob("lightning_logs/version_*/metrics.json"), key=lambda p: p.stat().st_mtime)

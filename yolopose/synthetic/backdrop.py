@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from yolopose.data.synthetic_figure import SHIFT, Color
+from yolopose.synthetic.figure import SHIFT, Color
 
 
 def _color(rng: np.random.Generator) -> Color:

@@ -7,15 +7,12 @@ but occluded (v=1) by a later (nearer) person or an occluder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from yolopose.data.synthetic_backdrop import draw_clutter, draw_occluder, finish, make_background
-from yolopose.data.synthetic_figure import Figure, draw_figure, sample_figure
-
-if TYPE_CHECKING:
-    from yolopose.data.synthetic import SyntheticConfig
+from yolopose.synthetic.backdrop import draw_clutter, draw_occluder, finish, make_background
+from yolopose.synthetic.config import SyntheticConfig
+from yolopose.synthetic.figure import Figure, draw_figure, sample_figure
 
 OVERLAP_PROB = 0.25  # chance that a person is placed partly in front of/behind an earlier one
 OCCLUDER_ID = 255  # owner-map value of occluders; people use 1..max_people
@@ -111,3 +108,15 @@ def render_scene(rng: np.random.Generator, config: SyntheticConfig, width: int,
             labels.append(PersonLabel(keypoint_labels(figure, owner, owner_id),
                                       np.concatenate([box[:2], wh]), area))
     return finish(rng, image), labels
+
+
+def scene_images(count: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` synthetic scenes with people, each ``(height, width, 3)`` uint8 RGB, for checks that need
+    images a pose model reacts to (export parity, inference smoke tests), not for training.
+
+    Image i is drawn from its own stream ``default_rng(seed + i)`` with the default ``SyntheticConfig``,
+    so the same arguments always give the same pixels.
+    """
+    config = SyntheticConfig()
+    return [np.ascontiguousarray(render_scene(np.random.default_rng(seed + i), config, width, height)[0][..., ::-1])
+            for i in range(count)]

@@ -3,7 +3,7 @@
 ``ensure_synthetic_dataset(config)`` generates ``train.json`` + ``train/*.jpg`` and ``val.json`` +
 ``val/*.jpg`` once into ``<root>/synthetic-<version>-<config hash>`` and reuses them afterwards. Every
 image is drawn from its own random stream seeded by (seed, split, index), so a config always gives the
-same bytes. ``python -m yolopose.data.synthetic --out DIR`` writes one anywhere, optionally with a
+same bytes. ``python -m yolopose.synthetic --out DIR`` writes one anywhere, optionally with a
 contact sheet of drawn annotations for a visual check.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from yolopose.data.coco_person import coco_person_category
-from yolopose.data.synthetic_scene import PersonLabel, render_scene
+from yolopose.synthetic.config import SyntheticConfig
+from yolopose.synthetic.scene import PersonLabel, render_scene
 
 SYNTHETIC_VERSION = "1"  # bump whenever generated content changes, so stale caches are not reused
 MARKER = "COMPLETE"  # written last: its presence means the directory is whole
@@ -31,21 +32,6 @@ SPLITS = ("train", "val")
 JPEG_QUALITY = 90
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SyntheticConfig:
-    """What to generate. Defaults suit the CPU demo: a few thousand small images, generated in seconds."""
-    root: str | None = None  # cache root; None -> $YOLOPOSE_CACHE or ~/.cache/yolopose
-    num_train: int = 3000
-    num_val: int = 250
-    image_size: int = 320  # longest side of every image
-    max_people: int = 6
-    min_person_height: float = 0.15  # standing height as a fraction of the image height
-    max_person_height: float = 0.9
-    occlusion_prob: float = 0.25  # per person: chance of an occluder drawn over one of its joints
-    truncation_prob: float = 0.2  # per person: chance of being placed across an image border
-    seed: int = 0
 
 
 @dataclass
@@ -147,7 +133,7 @@ def ensure_synthetic_dataset(config: SyntheticConfig = SyntheticConfig()) -> Syn
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: write a synthetic dataset to --out, optionally with a PNG contact sheet of annotations."""
-    parser = argparse.ArgumentParser(prog="python -m yolopose.data.synthetic", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m yolopose.synthetic", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="directory to write the dataset into")
     parser.add_argument("--preview", type=Path, help="also write a contact sheet of val images here (PNG)")
     for f in fields(SyntheticConfig):
@@ -158,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = write_synthetic_dataset(args.out, config)
     print(f"wrote {config.num_train} train + {config.num_val} val images to {args.out}")
     if args.preview:
-        from yolopose.data.synthetic_preview import contact_sheet
+        from yolopose.synthetic.preview import contact_sheet
         cv2.imwrite(str(args.preview), contact_sheet(paths.val_ann, paths.val_images))
         print(f"wrote {args.preview}")
 
