@@ -180,7 +180,7 @@ def test_checkpoint_with_other_k_is_rejected(tmp_path: Path, cache: Path, capsys
     # No EMA, and BatchNorm statistics recomputed on each rank's own batches before validation: the ranks
     # must still evaluate the network the checkpoint saves (rank 0's). Lightning runs validation_step
     # through the DDP wrapper, whose forward broadcasts rank 0's buffers; this guards that path.
-    (["--model.ema_decay", "0"], ["--trainer.callbacks+=yolopose.precise_bn.PreciseBatchNorm"]),
+    (["--model.ema_decay", "0"], ["--trainer.callbacks+=yolopose.callbacks.PreciseBatchNorm"]),
 ], ids=["ema", "no-ema-precise-bn"])
 def test_ddp_two_cpu_processes_match_single_process_validation(tmp_path: Path, cache: Path, model_args: list[str],
                                                                fit_args: list[str]) -> None:

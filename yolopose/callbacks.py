@@ -1,11 +1,15 @@
-"""Lightning callbacks: validation images with skeletons in TensorBoard."""
+"""Lightning callbacks: validation images with skeletons in TensorBoard, and precise BatchNorm."""
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections import deque
+from typing import Any, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
 
 from yolopose.viz import draw_poses, side_by_side
 
@@ -62,3 +66,80 @@ class ValidationImageLogger(pl.Callback):
             if hasattr(experiment, "add_image"):
                 for i, panel in enumerate(self._panels):
                     experiment.add_image(f"val_images/{i}", panel, trainer.global_step, dataformats="HWC")
+
+
+# --------------------------------------------------------------------------- precise BatchNorm
+# Precise BatchNorm: recomputes a network's BatchNorm statistics from data before it is evaluated.
+#
+# BatchNorm layers normalise with batch statistics while training and with running averages
+# (``momentum`` 0.03 here) in eval mode. Early in a run, or for a few hundred steps on a handful of images,
+# those averages still remember the initial variance of 1 and the weights of many steps ago; the error
+# compounds through the ~60 layers, so the eval-mode network can be far worse than the training loss says.
+# Recomputing the statistics on recent training batches with the weights being evaluated removes that gap
+# (the "precise BN" of Wu & Johnson, 2021).
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Set every BatchNorm's running mean/var of ``net`` to the average over ``batches``.
+
+    Args:
+        net: any module; its train/eval mode and the layers' momentum are restored afterwards.
+        batches: network inputs, e.g. ``(B, 3, H, W)`` float tensors on ``net``'s device (consumed one
+            at a time, so a generator keeps only one converted batch alive).
+    Returns:
+        the number of batches used (0 leaves the statistics untouched).
+    """
+    layers = [m for m in net.modules() if isinstance(m, _BN) and m.track_running_stats]
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or not layers:
+        return 0
+    modes = {m: m.training for m in net.modules()}
+    momenta = {m: m.momentum for m in layers}
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+    net.train()
+    used = 0
+    try:
+        for x in itertools.chain([first], batches):
+            net(x)
+            used += 1
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    return used
+
+
+class PreciseBatchNorm(pl.Callback):
+    """Before each validation in ``fit``, recompute the evaluated network's BatchNorm statistics from the
+    last ``num_batches`` training batches (images only; they are kept as references, not copied).
+
+    The evaluated network is ``pl_module.inference_model`` (the EMA copy when there is one), so the new
+    statistics are also what the next checkpoint saves. Useful for short runs and for the overfit check;
+    in long runs the running averages have converged and this changes little. Under DDP each rank uses
+    its own batches; with an EMA, ``PoseModule`` then gives every rank rank 0's copy before evaluating;
+    without one, the DDP wrapper's forward broadcasts rank 0's statistics at every validation step.
+
+    Args:
+        num_batches: how many recent training batches to average over (0 turns it off).
+    """
+
+    def __init__(self, num_batches: int = 4) -> None:
+        self.num_batches = num_batches
+        self._recent: deque[torch.Tensor] = deque(maxlen=max(num_batches, 1))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self.num_batches > 0:
+            self._recent.append(batch["images"])
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or not self._recent:
+            return
+        recompute_batchnorm_stats(pl_module.inference_model, (pl_module.to_input(x) for x in self._recent))
