@@ -1,17 +1,110 @@
-"""Lightning callbacks: validation images with skeletons in TensorBoard, and precise BatchNorm."""
+"""Lightning callbacks: the one writer of ``last.ckpt``, validation images with skeletons in TensorBoard, and
+precise BatchNorm."""
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from yolopose.viz import draw_poses, side_by_side
+
+
+class LastCheckpoint(Checkpoint):
+    """The one writer of ``last.ckpt``: the newest full training state (weights, EMA, optimiser, loop
+    counters; the LR schedule is a function of the step), written
+
+    - every ``every_n_train_steps`` optimiser steps (0: never on a step count),
+    - after every validation in ``fit``, once the best checkpoint has acted on it (a validation at the end
+      of an epoch: at that epoch's end, as ``ModelCheckpoint`` saves then; one within an epoch: right
+      after it), so it holds that validation's bookkeeping and any statistics recomputed before it,
+    - at the end of ``fit`` when the final step is not saved yet, so after a finished run ``last.ckpt``
+      holds the final global step (what export and a resume should start from).
+
+    It rewrites one file in place, so there is never a ``last-v1.ckpt``; the best checkpoint is
+    ``ModelCheckpoint``'s business and a separate file. Writes go through the Trainer's ``CheckpointIO``
+    (atomic under ``train.py``: ``yolopose.checkpoint_io``), so a kill mid-write costs at most the steps
+    since the previous write.
+
+    Being a ``Checkpoint``, Lightning runs it with the checkpoint callbacks, after all others, in the order
+    given; it must come after the ``ModelCheckpoint`` (``train.py`` adds it so, and ``setup`` checks), so the
+    ``last.ckpt`` written after a validation holds the best-checkpoint bookkeeping of that validation.
+
+    Args:
+        every_n_train_steps: optimiser steps between writes (0 turns the step count off).
+        dirpath: folder of ``last.ckpt``; default: the best checkpoint's folder (``<log_dir>/checkpoints``).
+    """
+
+    FILE_NAME = "last.ckpt"
+
+    def __init__(self, every_n_train_steps: int = 100, dirpath: str | None = None) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"last_checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        self.every_n_train_steps = every_n_train_steps
+        self.dirpath = dirpath
+        self._folder: Path | None = Path(dirpath) if dirpath else None
+        self._saved_step: int | None = None
+        self._at_epoch_end = False  # a validation ran on the epoch's last batch: write at the epoch's end
+
+    @property
+    def path(self) -> Path | None:
+        """Where ``last.ckpt`` goes (known once ``fit`` has started)."""
+        return self._folder / self.FILE_NAME if self._folder is not None else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        later = trainer.callbacks[trainer.callbacks.index(self) + 1:]
+        if any(isinstance(c, ModelCheckpoint) for c in later):
+            raise ValueError("LastCheckpoint must come after every ModelCheckpoint in the Trainer's callbacks")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_step, self._at_epoch_end = None, False
+        if self.dirpath:
+            return
+        best = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        folder = getattr(best, "dirpath", None)  # resolved (and broadcast) in the ModelCheckpoint's setup
+        # trainer.log_dir is a collective: every rank runs this hook, so every rank asks.
+        self._folder = Path(folder) if folder else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        n, step = self.every_n_train_steps, trainer.global_step
+        # The last step of a max_steps run is written here too: a mid-epoch state, which resumes exactly
+        # (on_train_end comes after Lightning has closed the cut epoch as if it were complete).
+        if step > 0 and (n and step % n == 0 or 0 < trainer.max_steps <= step):
+            self._save(trainer, again=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if trainer.is_last_batch:
+            self._at_epoch_end = True
+        else:
+            self._save(trainer, again=True)  # the same step again: validation may have changed the state
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning calls checkpoint callbacks' epoch-end hooks last, in order: after ModelCheckpoint's save.
+        if self._at_epoch_end:
+            self._at_epoch_end = False
+            self._save(trainer, again=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, again=False)
+
+    def _save(self, trainer: pl.Trainer, again: bool) -> None:
+        """Write ``last.ckpt`` (every rank calls ``trainer.save_checkpoint``; rank 0 writes)."""
+        if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING or self.path is None:
+            return
+        if not again and self._saved_step == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
 
 
 def _gt_of_image(targets: torch.Tensor, b: int, k: int) -> tuple[np.ndarray, np.ndarray]:
