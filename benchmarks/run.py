@@ -7,7 +7,8 @@ Benchmarks (``--only`` names): ``model`` (params, GMACs, eager latency), ``train
 channels_last on/off, the loss alone), ``optimizer`` (optimiser step and EMA update vs per-tensor loops),
 ``memory`` (peak memory of a step, fresh subprocesses), ``data`` (train/val pipeline img/s per worker vs JPEG
 decode), ``inference`` (ONNX Runtime vs eager vs FLOP floor), ``nms`` (decode + NMS at 1/10/100 people),
-``eval`` (COCO evaluation of 1k/5k images vs pycocotools alone).
+``eval`` (COCO evaluation of 1k/5k images vs pycocotools alone), ``checkpoint`` (an atomic checkpoint write
+vs Lightning's default writer).
 
 Every figure is a median of several runs after warm-up, shown beside a reference measured in the same run
 (FLOP floor from a 3x3 conv's measured rate, JPEG decode rate, pycocotools alone). ``--quick`` is CI-sized
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "inference": ("benchmarks.inference", "run_latency"),
     "nms": ("benchmarks.inference", "run_nms"),
     "eval": ("benchmarks.evaluation", "run"),
+    "checkpoint": ("benchmarks.checkpoint", "run"),
 }
 
 
