@@ -376,9 +376,14 @@ def test_one_last_ckpt_every_n_steps_at_every_validation_and_at_the_end(tmp_path
     assert more["global_step"] == 9 and more["epoch"] == 1
 
 
-def test_a_second_last_ckpt_writer_is_a_config_error(tmp_path: Path, cache: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("override, message", [
+    (["--checkpoint.save_last", "true"], "checkpoint.save_last: last.ckpt has one writer"),
+    (["--last_checkpoint.every_n_train_steps", "-1"], "last_checkpoint.every_n_train_steps must be >= 0"),
+], ids=["second-writer", "negative-interval"])
+def test_bad_checkpoint_settings_are_config_errors(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture,
+                                                    override: list[str], message: str) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(tiny_config(tmp_path, cache)), "--checkpoint.save_last", "true"])
+        main(["fit", "--config", str(tiny_config(tmp_path, cache)), *override])
     assert exc.value.code == 2
-    assert "checkpoint.save_last" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()

@@ -25,8 +25,9 @@ class LastCheckpoint(Checkpoint):
     - after every validation in ``fit``, once the best checkpoint has acted on it (a validation at the end
       of an epoch: at that epoch's end, as ``ModelCheckpoint`` saves then; one within an epoch: right
       after it), so it holds that validation's bookkeeping and any statistics recomputed before it,
-    - at the end of ``fit`` when the final step is not saved yet, so after a finished run ``last.ckpt``
-      holds the final global step (what export and a resume should start from).
+    - at the last step of a ``max_steps`` run (a mid-epoch state, which resumes exactly), and at the end of
+      ``fit`` when the final step is not saved yet, so after a finished run ``last.ckpt`` holds the final
+      global step (what export and a resume should start from).
 
     It rewrites one file in place, so there is never a ``last-v1.ckpt``; the best checkpoint is
     ``ModelCheckpoint``'s business and a separate file. Writes go through the Trainer's ``CheckpointIO``

@@ -88,6 +88,9 @@ class PoseCLI(LightningCLI):
             raise ConfigError("checkpoint.save_last: last.ckpt has one writer, last_checkpoint (every "
                               "last_checkpoint.every_n_train_steps steps, at each validation and at the end of fit); "
                               "leave checkpoint.save_last unset")
+        if cfg.get("last_checkpoint") and cfg["last_checkpoint"].get("every_n_train_steps", 0) < 0:
+            raise ConfigError(f"last_checkpoint.every_n_train_steps must be >= 0 (0: only at validations and the "
+                              f"end), got {cfg['last_checkpoint']['every_n_train_steps']}")
         if cfg.get("ckpt_path") != "last":
             return
         root = Path(cfg["trainer"]["default_root_dir"] or ".")
