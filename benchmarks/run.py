@@ -8,7 +8,7 @@ channels_last on/off, the loss alone), ``optimizer`` (optimiser step and EMA upd
 ``memory`` (peak memory of a step, fresh subprocesses), ``data`` (train/val pipeline img/s per worker vs JPEG
 decode), ``inference`` (ONNX Runtime vs eager vs FLOP floor), ``nms`` (decode + NMS at 1/10/100 people),
 ``topk`` (validation's pre-NMS cap 1000 vs 30 000 on a crowded image), ``eval`` (COCO evaluation of 1k/5k
-images vs pycocotools alone).
+images vs pycocotools alone), ``checkpoint`` (an atomic checkpoint write vs Lightning's default writer).
 
 Every figure is a median of several runs after warm-up, shown beside a reference measured in the same run
 (FLOP floor from a 3x3 conv's measured rate, JPEG decode rate, pycocotools alone). ``--quick`` is CI-sized
@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "nms": ("benchmarks.inference", "run_nms"),
     "topk": ("benchmarks.inference", "run_top_k"),
     "eval": ("benchmarks.evaluation", "run"),
+    "checkpoint": ("benchmarks.checkpoint", "run"),
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import data_pipeline, evaluation, inference, model, optimizer, run, train_step
+from benchmarks import checkpoint, data_pipeline, evaluation, inference, model, optimizer, run, train_step
 from benchmarks.common import Config, Table
 
 CFG = Config(quick=True, threads=1)
@@ -95,3 +95,9 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         run.main(["--help"])
     assert exc.value.code == 0 and "--only" in capsys.readouterr().out
+
+
+def test_checkpoint_write_piece() -> None:
+    (table,) = checkpoint.run(CFG, variants="n", repeats=1)
+    _check([table])
+    assert float(table.rows[0][1]) > 1  # MB: weights, EMA and momentum of the n model

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import yaml
 
 from yolopose.data.augment import AugmentConfig
@@ -19,6 +21,7 @@ from yolopose.data.image_io import ImageReadError
 from yolopose.data.sample import DatasetError
 from yolopose.data.yolo_txt import YoloPoseTxt
 from yolopose.evaluation import CocoEvaluator
+from yolopose.module import PoseModule
 
 NO_AUG = dict(mosaic=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, fliplr=0.0)
 
@@ -263,3 +266,50 @@ def test_unreadable_yolo_validation_image_does_not_stop_evaluation(write_yolo, c
                 "score": 1.0} for a in gt["annotations"] if a["image_id"] != 2]
     metrics = CocoEvaluator(gt, np.array(reader.info.sigmas)).evaluate(records)
     assert 0 < metrics["kpt_AP"] < 1  # the unreadable image's persons count as missed
+
+
+def test_a_corrupt_image_in_several_mosaics_is_one_skipped_file(write_coco, people_coco) -> None:
+    coco = people_coco([(40, 50)] * 4, seed=2)
+    ann, images = write_coco(coco)
+    bad = images / coco["images"][2]["file_name"]
+    bad.write_bytes(b"not an image")
+    ds = TrainDataset(CocoKeypoints(ann, images), 64, AugmentConfig(**{**NO_AUG, "mosaic": 1.0}))
+    ds.seed(0)
+    items = [ds[i % 4] for i in range(12)]
+    batch = collate(items)
+    assert batch["num_skipped"] >= 2  # the file was drawn (and thrown away) several times...
+    assert batch["skipped_files"] == [str(bad)]  # ...but it is one file
+    assert {f for it in items for f in it.skipped_files} == {str(bad)}
+    assert all(len(it.skipped_files) <= it.num_skipped for it in items)
+
+
+class _Attempts(pl.Callback):
+    """Sums the thrown-away attempts the batches report."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: dict,
+                           batch_idx: int) -> None:
+        self.attempts += batch["num_skipped"]
+
+
+def test_train_skipped_images_counts_distinct_files_per_epoch(write_coco, people_coco, one_thread) -> None:
+    coco = people_coco([(40, 50)] * 8, seed=3)
+    ann, images = write_coco(coco)
+    (images / coco["images"][5]["file_name"]).write_bytes(b"not an image")
+    dm = PoseDataModule(format="coco", train_ann=str(ann), train_images=str(images), val_ann=str(ann),
+                        val_images=str(images), image_size=64, batch_size=4, num_workers=0,
+                        **{**NO_AUG, "mosaic": 1.0})
+    pl.seed_everything(0)
+    module = PoseModule(num_keypoints=dm.num_keypoints, sigmas=dm.sigmas, variant="n", width=0.125, kpt_head_depth=1,
+                        warmup_min_steps=1)
+    attempts = _Attempts()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[attempts])
+    with warnings.catch_warnings():  # "modules in eval mode" (the EMA copy), "no validation": expected
+        warnings.simplefilter("ignore")
+        trainer.fit(module, datamodule=dm)
+    assert attempts.attempts > 2  # the corrupt file was drawn into several mosaics over the two epochs
+    assert float(trainer.callback_metrics["train/skipped_images"]) == 1.0  # the last epoch: one file

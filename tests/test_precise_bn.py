@@ -5,9 +5,9 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
+from yolopose.callbacks import PreciseBatchNorm, recompute_batchnorm_stats
 from yolopose.ema import ModelEMA
 from yolopose.nn.blocks import ConvBnAct
-from yolopose.precise_bn import PreciseBatchNorm, recompute_batchnorm_stats
 
 
 def test_eval_matches_train_mode_after_recompute() -> None:

@@ -1,13 +1,111 @@
-"""Lightning callbacks: validation images with skeletons in TensorBoard."""
+"""Lightning callbacks: the one writer of ``last.ckpt``, validation images with skeletons in TensorBoard, and
+precise BatchNorm."""
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+from torch import nn
 
 from yolopose.viz import draw_poses, side_by_side
+
+
+class LastCheckpoint(Checkpoint):
+    """The one writer of ``last.ckpt``: the newest full training state (weights, EMA, optimiser, loop
+    counters; the LR schedule is a function of the step), written
+
+    - every ``every_n_train_steps`` optimiser steps (0: never on a step count),
+    - after every validation in ``fit``, once the best checkpoint has acted on it (a validation at the end
+      of an epoch: at that epoch's end, as ``ModelCheckpoint`` saves then; one within an epoch: right
+      after it), so it holds that validation's bookkeeping and any statistics recomputed before it,
+    - at the last step of a ``max_steps`` run (a mid-epoch state, which resumes exactly), and at the end of
+      ``fit`` when the final step is not saved yet, so after a finished run ``last.ckpt`` holds the final
+      global step (what export and a resume should start from).
+
+    It rewrites one file in place, so there is never a ``last-v1.ckpt``; the best checkpoint is
+    ``ModelCheckpoint``'s business and a separate file. Writes go through the Trainer's ``CheckpointIO``
+    (atomic under ``train.py``: ``yolopose.checkpoint_io``), so a kill mid-write costs at most the steps
+    since the previous write.
+
+    Being a ``Checkpoint``, Lightning runs it with the checkpoint callbacks, after all others, in the order
+    given; it must come after the ``ModelCheckpoint`` (``train.py`` adds it so, and ``setup`` checks), so the
+    ``last.ckpt`` written after a validation holds the best-checkpoint bookkeeping of that validation.
+
+    Args:
+        every_n_train_steps: optimiser steps between writes (0 turns the step count off).
+        dirpath: folder of ``last.ckpt``; default: the best checkpoint's folder (``<log_dir>/checkpoints``).
+    """
+
+    FILE_NAME = "last.ckpt"
+
+    def __init__(self, every_n_train_steps: int = 100, dirpath: str | None = None) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(f"last_checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        self.every_n_train_steps = every_n_train_steps
+        self.dirpath = dirpath
+        self._folder: Path | None = Path(dirpath) if dirpath else None
+        self._saved_step: int | None = None
+        self._at_epoch_end = False  # a validation ran on the epoch's last batch: write at the epoch's end
+
+    @property
+    def path(self) -> Path | None:
+        """Where ``last.ckpt`` goes (known once ``fit`` has started)."""
+        return self._folder / self.FILE_NAME if self._folder is not None else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        later = trainer.callbacks[trainer.callbacks.index(self) + 1:]
+        if any(isinstance(c, ModelCheckpoint) for c in later):
+            raise ValueError("LastCheckpoint must come after every ModelCheckpoint in the Trainer's callbacks")
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_step, self._at_epoch_end = None, False
+        if self.dirpath:
+            return
+        best = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
+        folder = getattr(best, "dirpath", None)  # resolved (and broadcast) in the ModelCheckpoint's setup
+        # trainer.log_dir is a collective: every rank runs this hook, so every rank asks.
+        self._folder = Path(folder) if folder else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        n, step = self.every_n_train_steps, trainer.global_step
+        # The last step of a max_steps run is written here too: a mid-epoch state, which resumes exactly
+        # (on_train_end comes after Lightning has closed the cut epoch as if it were complete).
+        if step > 0 and (n and step % n == 0 or 0 < trainer.max_steps <= step):
+            self._save(trainer, again=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if trainer.is_last_batch:
+            self._at_epoch_end = True
+        else:
+            self._save(trainer, again=True)  # the same step again: validation may have changed the state
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning calls checkpoint callbacks' epoch-end hooks last, in order: after ModelCheckpoint's save.
+        if self._at_epoch_end:
+            self._at_epoch_end = False
+            self._save(trainer, again=True)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save(trainer, again=False)
+
+    def _save(self, trainer: pl.Trainer, again: bool) -> None:
+        """Write ``last.ckpt`` (every rank calls ``trainer.save_checkpoint``; rank 0 writes)."""
+        if trainer.fast_dev_run or trainer.state.fn != TrainerFn.FITTING or self.path is None:
+            return
+        if not again and self._saved_step == trainer.global_step:
+            return
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
 
 
 def _gt_of_image(targets: torch.Tensor, b: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,3 +160,80 @@ class ValidationImageLogger(pl.Callback):
             if hasattr(experiment, "add_image"):
                 for i, panel in enumerate(self._panels):
                     experiment.add_image(f"val_images/{i}", panel, trainer.global_step, dataformats="HWC")
+
+
+# --------------------------------------------------------------------------- precise BatchNorm
+# Precise BatchNorm: recomputes a network's BatchNorm statistics from data before it is evaluated.
+#
+# BatchNorm layers normalise with batch statistics while training and with running averages
+# (``momentum`` 0.03 here) in eval mode. Early in a run, or for a few hundred steps on a handful of images,
+# those averages still remember the initial variance of 1 and the weights of many steps ago; the error
+# compounds through the ~60 layers, so the eval-mode network can be far worse than the training loss says.
+# Recomputing the statistics on recent training batches with the weights being evaluated removes that gap
+# (the "precise BN" of Wu & Johnson, 2021).
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Set every BatchNorm's running mean/var of ``net`` to the average over ``batches``.
+
+    Args:
+        net: any module; its train/eval mode and the layers' momentum are restored afterwards.
+        batches: network inputs, e.g. ``(B, 3, H, W)`` float tensors on ``net``'s device (consumed one
+            at a time, so a generator keeps only one converted batch alive).
+    Returns:
+        the number of batches used (0 leaves the statistics untouched).
+    """
+    layers = [m for m in net.modules() if isinstance(m, _BN) and m.track_running_stats]
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or not layers:
+        return 0
+    modes = {m: m.training for m in net.modules()}
+    momenta = {m: m.momentum for m in layers}
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+    net.train()
+    used = 0
+    try:
+        for x in itertools.chain([first], batches):
+            net(x)
+            used += 1
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    return used
+
+
+class PreciseBatchNorm(pl.Callback):
+    """Before each validation in ``fit``, recompute the evaluated network's BatchNorm statistics from the
+    last ``num_batches`` training batches (images only; they are kept as references, not copied).
+
+    The evaluated network is ``pl_module.inference_model`` (the EMA copy when there is one), so the new
+    statistics are also what the next checkpoint saves. Useful for short runs and for the overfit check;
+    in long runs the running averages have converged and this changes little. Under DDP each rank uses
+    its own batches; with an EMA, ``PoseModule`` then gives every rank rank 0's copy before evaluating;
+    without one, the DDP wrapper's forward broadcasts rank 0's statistics at every validation step.
+
+    Args:
+        num_batches: how many recent training batches to average over (0 turns it off).
+    """
+
+    def __init__(self, num_batches: int = 4) -> None:
+        self.num_batches = num_batches
+        self._recent: deque[torch.Tensor] = deque(maxlen=max(num_batches, 1))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self.num_batches > 0:
+            self._recent.append(batch["images"])
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or not self._recent:
+            return
+        recompute_batchnorm_stats(pl_module.inference_model, (pl_module.to_input(x) for x in self._recent))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,11 +21,32 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a readable checkpoint"
-        raise CheckpointError(f"{path}: not a readable yolopose checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line (torch's messages can span many)
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise CheckpointError(f"{path}: not a readable yolopose checkpoint ({reason})") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hp or "num_keypoints" not in hp or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: not a yolopose checkpoint (no yolopose hyperparameters/state_dict inside)")
     return ckpt
+
+
+def first_readable(paths: Sequence[Path], skipped: Callable[[CheckpointError], None]) -> tuple[Path, dict]:
+    """The first of ``paths`` that reads as a yolopose checkpoint, with its hyperparameters.
+
+    Args:
+        paths: candidates, the preferred (newest) first.
+        skipped: called with the error of each candidate that does not read, in order.
+    Raises:
+        CheckpointError: none reads (the error of the first candidate).
+    """
+    errors: list[CheckpointError] = []
+    for path in paths:
+        try:
+            return path, read_checkpoint(path)["hyper_parameters"]
+        except CheckpointError as exc:
+            errors.append(exc)
+            skipped(exc)
+    raise errors[0] if errors else CheckpointError("no checkpoint to read")
 
 
 def checkpoint_hparams(path: str | Path) -> dict:

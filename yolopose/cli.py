@@ -5,14 +5,19 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
+from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from yolopose.checkpoint import CheckpointError, checkpoint_hparams
+from yolopose.callbacks import LastCheckpoint
+from yolopose.checkpoint import CheckpointError, checkpoint_hparams, first_readable
+from yolopose.checkpoint_io import AtomicCheckpointIO
 from yolopose.configs import config_files, shipped
 from yolopose.data.datamodule import PoseDataModule
 from yolopose.data.sample import DatasetError
@@ -56,11 +61,20 @@ def resolve_configs(args: list[str]) -> list[str]:
     return out
 
 
-def find_last_checkpoint(root: Path) -> Path | None:
-    """The newest ``<root>/<logger name>/version_N/checkpoints/last*.ckpt`` (only that layout is searched,
-    so a ``default_root_dir`` that also holds a dataset is not crawled)."""
-    found = sorted(root.glob("*/version_*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+log = logging.getLogger("yolopose")
+
+
+def find_last_checkpoints(root: Path) -> list[Path]:
+    """Every ``<root>/<logger name>/version_N/checkpoints/last*.ckpt``, newest first (only that layout is
+    searched, so a ``default_root_dir`` that also holds a dataset is not crawled; ``last-v1.ckpt`` and the
+    like are what older versions of yolopose left)."""
+    found = [(p.stat().st_mtime, p) for p in root.glob("*/version_*/checkpoints/last*.ckpt")]
+    return [p for _, p in sorted(found, key=lambda mp: (-mp[0], str(mp[1])))]
+
+
+@rank_zero_only
+def _warn_skipped(exc: CheckpointError) -> None:
+    log.warning("--ckpt_path last: skipped %s", exc)
 
 
 class _DropTips(logging.Filter):
@@ -87,37 +101,54 @@ class PoseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        # The best checkpoint; last.ckpt has one writer of its own, added after it (it must run after it).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/kpt_AP", "checkpoint.mode": "max",
                              "checkpoint.save_top_k": 1, "checkpoint.filename": "best-epoch{epoch}",
-                             "checkpoint.save_last": True,  # last.ckpt also whenever a new best is saved
                              "checkpoint.auto_insert_metric_name": False})
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
-        parser.set_defaults({"last_checkpoint.save_top_k": 0, "last_checkpoint.save_last": True,
-                             "last_checkpoint.every_n_train_steps": 100})
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand) if self.subcommand else self.config
-        if cfg is None or cfg.get("ckpt_path") != "last":
-            self._resume_version = None
+        self._resume_version, self._resume_hparams = None, None
+        if cfg is None:
+            return
+        if cfg.get("checkpoint") and cfg["checkpoint"].get("save_last"):
+            raise ConfigError("checkpoint.save_last: last.ckpt has one writer, last_checkpoint (every "
+                              "last_checkpoint.every_n_train_steps steps, at each validation and at the end of fit); "
+                              "leave checkpoint.save_last unset")
+        if cfg.get("last_checkpoint") and cfg["last_checkpoint"].get("every_n_train_steps", 0) < 0:
+            raise ConfigError(f"last_checkpoint.every_n_train_steps must be >= 0 (0: only at validations and the "
+                              f"end), got {cfg['last_checkpoint']['every_n_train_steps']}")
+        if cfg.get("ckpt_path") != "last":
             return
         root = Path(cfg["trainer"]["default_root_dir"] or ".")
-        last = find_last_checkpoint(root)
-        if last is None:
+        candidates = find_last_checkpoints(root)
+        if not candidates:
             rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
             cfg["ckpt_path"] = None
-            self._resume_version = None
-        else:
-            rank_zero_info(f"resuming from {last}")
-            cfg["ckpt_path"] = str(last)
-            self._resume_version = last.parent.parent.name
+            return
+        last, hparams = first_readable(candidates, _warn_skipped)  # none readable: the newest one's error
+        rank_zero_info(f"resuming from {last}")
+        cfg["ckpt_path"] = str(last)
+        self._resume_version = last.parent.parent.name
+        self._resume_hparams = (str(last), hparams)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with atomic checkpoint writes unless a ``CheckpointIO`` plugin was given."""
+        given = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
+        plugins = list(given) if isinstance(given, (list, tuple)) else [] if given is None else [given]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**{**kwargs, "plugins": plugins})
 
     def _check_checkpoint(self) -> None:
         cfg = self.config[self.subcommand]
         path = cfg.get("ckpt_path")
         if not path or path in ("best", "last", "hpc", "registry"):
             return
-        hp = checkpoint_hparams(path)
+        known = getattr(self, "_resume_hparams", None)
+        hp = known[1] if known and known[0] == str(path) else checkpoint_hparams(path)
         dm = self.datamodule
         if int(hp["num_keypoints"]) != dm.num_keypoints or int(hp.get("num_classes", 1)) != dm.num_classes:
             raise ConfigError(

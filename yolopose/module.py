@@ -133,7 +133,7 @@ class PoseModule(pl.LightningModule):
         self.schedule: WarmupSchedule | None = None
         self.bad_steps = 0            # consecutive non-finite losses
         self.skipped_steps = 0        # all non-finite losses this run
-        self.skipped_images = 0       # unreadable images this epoch (reported by the data loader)
+        self.skipped_files: set[str] = set()  # distinct unreadable images this epoch (from the data loader)
         self._evaluator: ValidationEvaluator | None = None
         self.last_metrics: dict[str, float] = {}
 
@@ -170,7 +170,7 @@ class PoseModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         raws = self.model(self.to_input(batch["images"]))
         loss, parts = self.criterion(raws, batch["targets"], batch.get("ignore"))
-        self.skipped_images += int(batch.get("num_skipped", 0))
+        self.skipped_files.update(batch.get("skipped_files", ()))
         # Every rank must agree to skip, or DDP would wait forever for the missing gradients.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             self._count_bad_step(loss)
@@ -232,12 +232,23 @@ class PoseModule(pl.LightningModule):
                 p.grad = None
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/skipped_images", float(self.skipped_images), sync_dist=True, reduce_fx="sum")
+        files = sorted(self._all_ranks(self.skipped_files))
+        # The same on every rank already; "max" only keeps Lightning's epoch-level DDP check quiet.
+        self.log("train/skipped_images", float(len(files)), sync_dist=True, reduce_fx="max")
         self.log("train/skipped_steps", float(self.skipped_steps))
-        if self.skipped_images:
-            log.warning("epoch %d: %d unreadable image(s) were skipped (see the log for which)",
-                        self.current_epoch, self.skipped_images)
-        self.skipped_images = 0
+        if files and self.trainer.is_global_zero:
+            log.warning("epoch %d: %d unreadable image(s) skipped: %s%s", self.current_epoch, len(files),
+                        ", ".join(files[:5]), " ..." if len(files) > 5 else "")
+        self.skipped_files = set()
+
+    @staticmethod
+    def _all_ranks(files: set[str]) -> set[str]:
+        """The union of ``files`` over the DDP ranks (a collective: every rank calls it)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return set(files)
+        gathered: list[list[str] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, sorted(files))
+        return set().union(*(g or [] for g in gathered))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

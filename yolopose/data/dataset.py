@@ -8,7 +8,8 @@ seeded lazily from ``torch.initial_seed()``.
 
 Unreadable images: in training an item whose image (or any mosaic tile) cannot be read is logged on the
 ``yolopose.data`` logger and replaced by an item built from another random index; the replacements are
-counted in ``Item.num_skipped`` and summed per batch. In validation the image keeps its slot (so every
+counted in ``Item.num_skipped`` and the unreadable files named in ``Item.skipped_files`` (a corrupt image
+drawn into three mosaics is one file, three attempts). In validation the image keeps its slot (so every
 image id reaches the evaluation): a grey image without labels is returned and counted.
 """
 from __future__ import annotations
@@ -73,13 +74,15 @@ class TrainDataset(_Seeded):
     def __getitem__(self, index: int) -> Item:
         rng = self._rng()
         skipped = 0
+        files: dict[str, None] = {}  # ordered set
         while True:
             try:
                 item = self._build(int(index), rng)
-                item.num_skipped = skipped
+                item.num_skipped, item.skipped_files = skipped, tuple(files)
                 return item
             except ImageReadError as e:
                 skipped += 1
+                files[e.path or str(e)] = None
                 if skipped > self.max_retries:
                     raise ImageReadError(f"{skipped} images in a row could not be read; last: {e}") from e
                 log.warning("skipping unreadable training image: %s", e)
@@ -129,7 +132,7 @@ class ValDataset(_Seeded):
             blank = Sample(np.full((h, w, 3), FILL_VALUE, np.uint8), boxes, keypoints, classes, crowd,
                            self.reader.image_id(index), (h, w))
             item = letterbox(blank, self.size)
-            item.num_skipped = 1
+            item.num_skipped, item.skipped_files = 1, (e.path or str(e),)
             return item
 
 
@@ -139,7 +142,8 @@ def collate(items: list[Item]) -> dict:
     Returns:
         ``images`` uint8 ``(B, 3, S, S)``; ``targets`` float32 ``(T, 6 + 3K)`` rows ``[batch_idx, cls, cx, cy,
         w, h, x1, y1, v1, ...]`` in input pixels; ``ignore`` float32 ``(M, 5)`` rows ``[batch_idx, x1, y1,
-        x2, y2]``; ``meta`` list of B dicts; ``num_skipped`` int.
+        x2, y2]``; ``meta`` list of B dicts; ``num_skipped`` int; ``skipped_files`` sorted list of the distinct
+        unreadable files behind the batch.
     """
     b, (s, _, _) = len(items), items[0].image.shape
     k = items[0].keypoints.shape[1]
@@ -157,7 +161,8 @@ def collate(items: list[Item]) -> dict:
             "targets": torch.from_numpy(np.concatenate(targets).astype(np.float32).reshape(-1, 6 + 3 * k)),
             "ignore": torch.from_numpy(np.concatenate(ignore).astype(np.float32).reshape(-1, 5)),
             "meta": [it.meta for it in items],
-            "num_skipped": sum(it.num_skipped for it in items)}
+            "num_skipped": sum(it.num_skipped for it in items),
+            "skipped_files": sorted({f for it in items for f in it.skipped_files})}
 
 
 def single_thread_opencv() -> None:

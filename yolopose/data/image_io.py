@@ -24,7 +24,14 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 
 
 class ImageReadError(OSError):
-    """An image file is missing, cannot be decoded, or does not have the size its annotations say."""
+    """An image file is missing, cannot be decoded, or does not have the size its annotations say.
+
+    ``path``: the image file (``None`` when the error is not about one file).
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
 
 
 def read_image(path: Path | str, expected_hw: tuple[int, int] | None = None, bgr: bool = False) -> np.ndarray:
@@ -41,10 +48,10 @@ def read_image(path: Path | str, expected_hw: tuple[int, int] | None = None, bgr
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as e:
-        raise ImageReadError(f"{path}: cannot read image file ({e.strerror or e})") from None
+        raise ImageReadError(f"{path}: cannot read image file ({e.strerror or e})", path) from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ImageReadError(f"{path}: cannot decode image ({data.size} bytes)")
+        raise ImageReadError(f"{path}: cannot decode image ({data.size} bytes)", path)
     if expected_hw is not None and all(expected_hw) and image.shape[:2] != tuple(expected_hw):
         h, w = image.shape[:2]
         raw = None
@@ -52,7 +59,7 @@ def read_image(path: Path | str, expected_hw: tuple[int, int] | None = None, bgr
             raw = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if raw is None or raw.shape[:2] != tuple(expected_hw):
             raise ImageReadError(f"{path}: image is {h}x{w} (HxW) but its annotations say "
-                                 f"{expected_hw[0]}x{expected_hw[1]}")
+                                 f"{expected_hw[0]}x{expected_hw[1]}", path)
         log.debug("%s: EXIF-rotated image annotated in its stored orientation; using the raw pixel grid", path)
         image = raw
     return image if bgr else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)

@@ -61,7 +61,8 @@ class Item:
 
     ``image (S, S, 3) uint8 RGB``; ``boxes (N, 4) f32 xyxy``; ``keypoints (N, K, 3) f32``; ``classes (N,)
     i64``; ``crowd_boxes (M, 4) f32``; ``meta``: ``image_id``, ``orig_size (h, w)``, ``scale``, ``pad``
-    with ``original = (input - pad) / scale`` (exact for letterboxed validation items).
+    with ``original = (input - pad) / scale`` (exact for letterboxed validation items); ``num_skipped``:
+    attempts thrown away because an image could not be read, ``skipped_files``: those images (distinct).
     """
     image: np.ndarray
     boxes: np.ndarray
@@ -70,6 +71,7 @@ class Item:
     crowd_boxes: np.ndarray
     meta: dict
     num_skipped: int = 0
+    skipped_files: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- flip pairs
