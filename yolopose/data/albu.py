@@ -55,14 +55,18 @@ REFLECTIONS = {"h", "v", "t", "hvt"}
 FIELD = "data.albumentations"
 
 
-def _one_line(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):  # pydantic's ValidationError: one "field: message" per problem
-        try:
-            return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())) or 'value'}: {e.get('msg')}"
-                             for e in errors())
-        except Exception:  # noqa: BLE001 - fall back to the text
-            pass
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line; pydantic's validation errors (albumentations wraps them) as ``field: message``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        errors = getattr(seen, "errors", None)
+        if callable(errors):
+            try:
+                return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ())) or 'value'}: {e.get('msg')}"
+                                 for e in errors())
+            except Exception:  # noqa: BLE001 - not pydantic after all: use the text
+                break
+        seen = seen.__cause__ or seen.__context__
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -189,13 +193,13 @@ class AlbumentationsStage:
         self.size = size
         transforms = [build_transform(e, f"{FIELD}[{i}]") for i, e in enumerate(entries)]
         self.pixel_only = all(_pixel_only(t) for t in transforms)
-        self.mirrors = any(type(t).__name__ in MIRRORS | GROUPS for t in transforms)
+        self.mirrors = any(type(t).__name__ in MIRRORS | GROUPS for t in transforms)  # read back what was applied
         self.compose = self._compose(transforms)
-        for i, (entry, t) in enumerate(zip(entries, transforms)):
-            self._try(entry, t, f"{FIELD}[{i}]")
+        self._try(entries, transforms)
 
     def _compose(self, transforms: list) -> A.Compose:
-        if self.pixel_only:
+        """Transforms with label processing, or without it when they are all pixel-level."""
+        if all(_pixel_only(t) for t in transforms):
             return A.Compose(transforms)
         bbox = A.BboxParams(format="pascal_voc", label_fields=["box_ids"], min_visibility=MIN_BOX_AREA_FRAC,
                             min_width=MIN_BOX_SIDE, min_height=MIN_BOX_SIDE, check_each_transform=False)
@@ -204,23 +208,30 @@ class AlbumentationsStage:
         return A.Compose(transforms, bbox_params=bbox, keypoint_params=keypoints,
                          save_applied_params=self.mirrors)
 
-    def _try(self, entry: dict, transform: Any, where: str) -> None:
-        """Run one transform (forced on) on a blank item: a transform that fails or resizes stops here."""
-        name = entry.get("class_path") or entry.get("__class_fullname__")
+    def _try(self, entries: list[dict], transforms: list) -> None:
+        """Run the transforms one after the other, each forced on, on a blank item: a transform that fails
+        stops here, and so does a stage whose output is not S x S (naming the last entry that resized)."""
         s, k = self.size, 3
-        keypoints = np.tile(np.array([s / 2, s / 2, 2], np.float32), (1, k, 1))
-        blank = Item(np.full((s, s, 3), FILL_VALUE, np.uint8), np.array([[s / 4, s / 4, 3 * s / 4, 3 * s / 4]],
-                     np.float32), keypoints, np.zeros(1, np.int64), np.zeros((0, 4), np.float32), {})
-        saved_p = transform.p
-        transform.p = 1.0
-        try:
-            self._apply(self._compose([transform]), blank, 0, np.arange(k))
-        except DatasetError as exc:
-            raise DatasetError(f"{where} ({name}): {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - e.g. a transform that needs masks
-            raise DatasetError(f"{where} ({name}): fails on a {s}x{s} image: {_one_line(exc)}") from None
-        finally:
-            transform.p = saved_p
+        item = Item(np.full((s, s, 3), FILL_VALUE, np.uint8), np.array([[s / 4, s / 4, 3 * s / 4, 3 * s / 4]],
+                    np.float32), np.tile(np.array([s / 2, s / 2, 2], np.float32), (1, k, 1)), np.zeros(1, np.int64),
+                    np.zeros((0, 4), np.float32), {})
+        resized = None
+        for i, (entry, transform) in enumerate(zip(entries, transforms)):
+            where = f"{FIELD}[{i}] ({entry.get('class_path') or entry.get('__class_fullname__')})"
+            saved_p, transform.p = transform.p, 1.0
+            before = item.image.shape
+            try:
+                item = self._apply(self._compose([transform]), item, 0, np.arange(k), check=False)
+            except Exception as exc:  # noqa: BLE001 - e.g. a transform that needs masks
+                raise DatasetError(f"{where}: fails on a {before[1]}x{before[0]} image: {_one_line(exc)}") from None
+            finally:
+                transform.p = saved_p
+            if item.image.shape != before:
+                resized = where
+        if item.image.shape != (s, s, 3):
+            raise DatasetError(f"{resized}: {FIELD} turns a {s}x{s} image into {item.image.shape[1]}x"
+                               f"{item.image.shape[0]}: spatial transforms must keep data.image_size "
+                               f"(e.g. RandomResizedCrop size: [{s}, {s}])")
 
     def to_dict(self) -> dict:
         """The stage in albumentations' own serialisation (``A.to_dict``)."""
@@ -231,9 +242,9 @@ class AlbumentationsStage:
         ``seed``; ``flip_index (K,)``: mirror partner of each keypoint."""
         return self._apply(self.compose, item, seed, flip_index)
 
-    def _apply(self, compose: A.Compose, item: Item, seed: int, flip_index: np.ndarray) -> Item:
+    def _apply(self, compose: A.Compose, item: Item, seed: int, flip_index: np.ndarray, check: bool = True) -> Item:
         compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
-        if self.pixel_only:
+        if not compose.processors:  # pixel-level only: the labels stay as they are
             item.image = compose(image=item.image)["image"]
             return item
         n, k = item.keypoints.shape[:2]
@@ -243,9 +254,9 @@ class AlbumentationsStage:
         out = compose(image=item.image, bboxes=boxes, box_ids=np.arange(len(boxes)),
                            keypoints=flat[labelled, :2] - 0.5, keypoint_ids=labelled)
         image = out["image"]
-        if image.shape != (self.size, self.size, 3):
-            raise DatasetError(f"{FIELD} turned a {self.size}x{self.size} image into {image.shape}: spatial transforms "
-                               f"must keep data.image_size (e.g. RandomResizedCrop size: [{self.size}, {self.size}])")
+        if check and image.shape != (self.size, self.size, 3):
+            raise DatasetError(f"{FIELD} turned a {self.size}x{self.size} image into {image.shape[1]}x{image.shape[0]}: "
+                               f"spatial transforms must keep data.image_size")
         moved = np.zeros_like(flat)
         ids = np.asarray(out["keypoint_ids"], np.int64)
         moved[ids, :2] = np.asarray(out["keypoints"], np.float32).reshape(-1, 2)[:, :2] + 0.5
@@ -258,5 +269,5 @@ class AlbumentationsStage:
         if self.mirrors and is_mirrored(out["applied_transforms"]):
             keypoints = swap_left_right(keypoints, flip_index)
         boxes, keypoints, classes, crowd = filter_labels(new_boxes[person], keypoints, item.classes[kept],
-                                                         new_boxes[~person], self.size)
+                                                         new_boxes[~person], image.shape[1])
         return Item(np.ascontiguousarray(image), boxes, keypoints, classes, crowd, item.meta, item.num_skipped)
