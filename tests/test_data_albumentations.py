@@ -135,6 +135,15 @@ def test_keypoints_leaving_the_image_get_v0_and_mostly_cut_people_are_dropped() 
     assert np.allclose(out.keypoints[1, :2], [[180, 40, 1], [0, 0, 0]], atol=0.51)
 
 
+def test_item_without_people_keeps_its_crowd_regions() -> None:
+    stage = AlbumentationsStage([entry("HorizontalFlip", p=1.0), entry("Rotate", limit=[10, 10], p=1.0)], S)
+    item = Item(np.zeros((S, S, 3), np.uint8), np.zeros((0, 4), np.float32), np.zeros((0, K, 3), np.float32),
+                np.zeros(0, np.int64), np.array([[10, 10, 60, 50]], np.float32), {})
+    out = stage(item, 0, FLIP)
+    assert out.boxes.shape == (0, 4) and out.keypoints.shape == (0, K, 3) and out.classes.shape == (0,)
+    assert out.crowd_boxes.shape == (1, 4) and (out.crowd_boxes[0, :2] > S / 2).any()  # mirrored to the right
+
+
 # --------------------------------------------------------------------------- mirrors
 def test_horizontal_flip_is_exact_and_swaps_left_and_right() -> None:
     """x -> S - x for pixels, boxes and keypoints alike (albumentations alone flips keypoints to S - 1 - x)."""
