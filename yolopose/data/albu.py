@@ -40,7 +40,8 @@ import numpy as np
 from yolopose.data.sample import DatasetError
 from yolopose.data.transforms import FILL_VALUE, MIN_BOX_AREA_FRAC, MIN_BOX_SIDE, Item, filter_labels, swap_left_right
 
-# YOLOv5/YOLOv8's albumentations recipe: pixel-level only (labels untouched), each at p = 0.01.
+# YOLOv5/YOLOv8's albumentations recipe (its first four; ImageCompression, which it lists at p = 0, switched
+# on): pixel-level only, so labels stay untouched; p = 0.01 each. Why: docs/augmentation.md.
 DEFAULT_ALBUMENTATIONS: list[dict[str, Any]] = [
     {"class_path": "Blur", "init_args": {"blur_limit": [3, 7], "p": 0.01}},
     {"class_path": "MedianBlur", "init_args": {"blur_limit": [3, 7], "p": 0.01}},
@@ -243,6 +244,8 @@ class AlbumentationsStage:
         return self._apply(self.compose, item, seed, flip_index)
 
     def _apply(self, compose: A.Compose, item: Item, seed: int, flip_index: np.ndarray, check: bool = True) -> Item:
+        """``item`` (``boxes (N, 4)``, ``keypoints (N, K, 3)``, ``crowd_boxes (M, 4)``) through ``compose``;
+        ``check``: the image must stay S x S (the dry run checks the whole stage instead)."""
         compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
         if not compose.processors:  # pixel-level only: the labels stay as they are
             item.image = compose(image=item.image)["image"]
@@ -252,14 +255,14 @@ class AlbumentationsStage:
         labelled = np.flatnonzero(flat[:, 2] > 0)
         boxes = np.concatenate([item.boxes, item.crowd_boxes]).astype(np.float32).reshape(-1, 4)
         out = compose(image=item.image, bboxes=boxes, box_ids=np.arange(len(boxes)),
-                           keypoints=flat[labelled, :2] - 0.5, keypoint_ids=labelled)
+                      keypoints=flat[labelled, :2] - 0.5, keypoint_ids=labelled)  # to pixel-centre indices
         image = out["image"]
         if check and image.shape != (self.size, self.size, 3):
             raise DatasetError(f"{FIELD} turned a {self.size}x{self.size} image into {image.shape[1]}x{image.shape[0]}: "
                                f"spatial transforms must keep data.image_size")
         moved = np.zeros_like(flat)
         ids = np.asarray(out["keypoint_ids"], np.int64)
-        moved[ids, :2] = np.asarray(out["keypoints"], np.float32).reshape(-1, 2)[:, :2] + 0.5
+        moved[ids, :2] = np.asarray(out["keypoints"], np.float32).reshape(-1, 2)[:, :2] + 0.5  # back to continuous
         moved[ids, 2] = flat[ids, 2]
         box_ids = np.asarray(out["box_ids"], np.int64)
         new_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
