@@ -1,6 +1,8 @@
 """Data pipeline throughput in ONE process (no DataLoader workers): images/second of the full training
-pipeline (mosaic + affine + HSV + flip + collate, S x S output) and of the validation pipeline
-(letterbox + collate), next to the JPEG-decode-only rate of the same files measured in the same run.
+pipeline (mosaic + affine + HSV + flip + collate, S x S output) without and with albumentations stages (the
+default one; a heavy user one, Perspective + CoarseDropout), without HSV and with albumentations'
+HueSaturationValue or ColorJitter in place of our HSV jitter, and of the validation pipeline (letterbox + collate), next to the JPEG-decode-only rate of
+the same files measured in the same run.
 
 By default it writes COCO-sized JPEGs (640x480, 640x427, 480x640) with natural-image-like texture and
 random persons into a temp dir; ``--images DIR --ann FILE`` measures a real COCO keypoints split.
@@ -25,12 +27,23 @@ import cv2
 import numpy as np
 
 from benchmarks.common import Config, Table, load_note, machine_line, print_table, set_threads
+from yolopose.data.albu import DEFAULT_ALBUMENTATIONS, AlbumentationsStage
 from yolopose.data.augment import AugmentConfig
 from yolopose.data.coco import CocoKeypoints
 from yolopose.data.coco_person import coco_person_category
 from yolopose.data.dataset import TrainDataset, ValDataset, collate
 
 SHAPES = ((480, 640), (480, 640), (480, 640), (427, 640), (640, 480))
+HEAVY = [{"class_path": "Perspective", "init_args": {"scale": [0.05, 0.1], "fill": 114, "p": 0.5}},
+         {"class_path": "CoarseDropout", "init_args": {"num_holes_range": [1, 8], "hole_height_range": [0.05, 0.15],
+                                                       "hole_width_range": [0.05, 0.15], "fill": 114, "p": 0.5}}]
+# albumentations' HSV at about our strengths (hue +-0.015 turn = +-3 of its 180), but additive saturation/value
+ALBU_HSV = [{"class_path": "HueSaturationValue",
+             "init_args": {"hue_shift_limit": 3, "sat_shift_limit": 70, "val_shift_limit": 40, "p": 1.0}}]
+# the same kind of effect as ours: multiplicative brightness (value) and saturation, a small hue shift
+ALBU_JITTER = [{"class_path": "ColorJitter", "init_args": {"brightness": [0.6, 1.4], "contrast": [1, 1],
+                                                          "saturation": [0.3, 1.7], "hue": [-0.015, 0.015], "p": 1.0}}]
+NO_HSV = dict(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
 
 
 def natural_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -64,18 +77,23 @@ def write_dataset(root: Path, count: int, seed: int = 0) -> tuple[Path, Path]:
     return ann, root / "images"
 
 
-def rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float], float]:
-    """Median images/second of ``fn`` (which returns how many images it processed) after one warm-up:
-    ``(median wall rate, all wall rates, median CPU-time rate)``. On a shared machine the CPU-time rate
-    (this process's CPU seconds) is the steadier per-core figure; the wall rate is what a job sees."""
-    fn()
-    rates, cpu_rates = [], []
+def interleaved_rates(fns: list[Callable[[], int]], repeats: int) -> list[tuple[float, list[float], float]]:
+    """Median images/second of each of ``fns`` (each returns how many images it processed) after one warm-up:
+    ``(median wall rate, all wall rates, median CPU-time rate)`` per function. Measured in rotation (one pass
+    of each per round), so a load change on a shared machine hits every pipeline alike and their ratios hold.
+    On a shared machine the CPU-time rate (this process's CPU seconds) is the steadier per-core figure; the
+    wall rate is what a job sees."""
+    for fn in fns:
+        fn()
+    walls: list[list[float]] = [[] for _ in fns]
+    cpus: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t))
-        cpu_rates.append(n / (time.process_time() - c))
-    return statistics.median(rates), rates, statistics.median(cpu_rates)
+        for fn, wall, cpu in zip(fns, walls, cpus):
+            t, c = time.perf_counter(), time.process_time()
+            n = fn()
+            wall.append(n / (time.perf_counter() - t))
+            cpu.append(n / (time.process_time() - c))
+    return [(statistics.median(w), w, statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
 def pipeline_rows(reader: CocoKeypoints, items: int, size: int, batch: int,
@@ -83,8 +101,13 @@ def pipeline_rows(reader: CocoKeypoints, items: int, size: int, batch: int,
     """Rows ``[pipeline, img/s, ms/img, spread, CPU img/s, x decode rate]`` for JPEG decode (the reference),
     the training and the validation pipeline over ``items`` images; also the training pass (for profiling)."""
     files = [reader.image_path(i % len(reader)) for i in range(items)]
-    train = TrainDataset(reader, size, AugmentConfig())
-    train.seed(0)
+
+    def train_set(stage: list[dict], **cfg: float) -> TrainDataset:
+        ds = TrainDataset(reader, size, AugmentConfig(**cfg), albumentations=AlbumentationsStage(stage, size)
+                          if stage else None)
+        ds.seed(0)
+        return ds
+    train = train_set(DEFAULT_ALBUMENTATIONS)
     val = ValDataset(reader, size)
 
     def decode() -> int:
@@ -99,16 +122,25 @@ def pipeline_rows(reader: CocoKeypoints, items: int, size: int, batch: int,
             return items
         return run
 
-    results = [("JPEG decode only (reference)", rate(decode, repeats)),
-               ("train: mosaic+affine+HSV+flip+collate", rate(batches(train), repeats)),
-               ("val: letterbox+collate", rate(batches(val), repeats))]
-    ref = results[0][1][0]
+    pipelines = [("JPEG decode only (reference)", decode),
+                 ("train: mosaic+affine+HSV+flip+collate, no albumentations", batches(train_set([]))),
+                 ("train + default albumentations stage", batches(train)),
+                 ("train + Perspective + CoarseDropout (p 0.5 each)", batches(train_set(HEAVY))),
+                 ("train, no HSV, no albumentations (HSV cost reference)", batches(train_set([], **NO_HSV))),
+                 ("train, albumentations HueSaturationValue instead of our HSV", batches(train_set(ALBU_HSV, **NO_HSV))),
+                 ("train, albumentations ColorJitter instead of our HSV", batches(train_set(ALBU_JITTER, **NO_HSV))),
+                 ("val: letterbox+collate", batches(val))]
+    results = list(zip([name for name, _ in pipelines], interleaved_rates([fn for _, fn in pipelines], repeats)))
+    ref, today, no_hsv = results[0][1][0], results[1][1][2], results[4][1][2]
     rows = [[name, f"{median:.1f}", f"{1000 / median:.2f}", f"{min(all_rates):.1f}-{max(all_rates):.1f}",
-             f"{cpu:.1f}", f"{median / ref:.2f}"] for name, (median, all_rates, cpu) in results]
+             f"{cpu:.1f}", f"{median / ref:.2f}", f"{cpu / today:.2f}" if name.startswith("train") else "",
+             f"{1000 / cpu - 1000 / no_hsv:+.2f}" if name.startswith("train") else ""]
+            for name, (median, all_rates, cpu) in results]
     return rows, batches(train)
 
 
-HEADER = ["pipeline", "img/s", "ms/img", "spread img/s", "CPU-time img/s", "x decode rate"]
+HEADER = ["pipeline", "img/s", "ms/img", "spread img/s", "CPU-time img/s", "x decode rate",
+          "CPU-time x no albumentations", "CPU ms/img vs no HSV"]
 
 
 def run(cfg: Config, count: int | None = None, items: int | None = None, size: int = 640, batch: int = 16,

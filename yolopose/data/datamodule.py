@@ -13,12 +13,13 @@ Sources (``format``):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from yolopose.data.albu import DEFAULT_ALBUMENTATIONS, AlbumentationsStage
 from yolopose.data.augment import AugmentConfig
 from yolopose.data.coco import CocoKeypoints
 from yolopose.data.dataset import TrainDataset, ValDataset, collate, single_thread_opencv, worker_init_fn
@@ -45,6 +46,9 @@ class PoseDataModule(pl.LightningDataModule):
         sigmas: per-keypoint OKS sigmas (default: COCO's for a 17-keypoint person, else uniform).
         mosaic, degrees, translate, scale, shear, hsv_h, hsv_s, hsv_v, fliplr: augmentation strengths
             (see ``AugmentConfig``); ``flip_swap: false`` flips without the left/right swap (ablation only).
+        albumentations: albumentations transforms applied to each training item after that geometry, a list of
+            ``{class_path: Blur, init_args: {p: 0.1}}`` (or ``A.to_dict``) entries; the default is a light
+            pixel-level stage (``DEFAULT_ALBUMENTATIONS``), ``[]`` turns it off (``docs/augmentation.md``).
         val_batch_size: validation batch size (default: ``batch_size``).
         train_negatives: fraction of the training images without a labelled instance (no annotation, only
             crowd regions, or only people without labelled keypoints) to keep: 1 all (default), 0 none (the
@@ -76,6 +80,7 @@ class PoseDataModule(pl.LightningDataModule):
         hsv_v: float = 0.4,
         fliplr: float = 0.5,
         flip_swap: bool = True,
+        albumentations: list[dict[str, Any]] | None = DEFAULT_ALBUMENTATIONS,
         val_batch_size: int | None = None,
         train_negatives: float = 1.0,
     ) -> None:
@@ -92,6 +97,8 @@ class PoseDataModule(pl.LightningDataModule):
         self.augment = AugmentConfig(mosaic=mosaic, degrees=degrees, translate=translate, scale=tuple(scale),
                                      shear=shear, hsv_h=hsv_h, hsv_s=hsv_s, hsv_v=hsv_v, fliplr=fliplr,
                                      flip_swap=flip_swap)
+        # Built (each transform tried once) before the data is read: a bad entry stops the CLI at once.
+        self.albumentations = AlbumentationsStage(albumentations, image_size) if albumentations else None
         self.train_split, self.val_split = self._read_splits(format, train_ann, train_images, val_ann, val_images,
                                                              yaml, synthetic, flip_index, sigmas)
         self.train_split = keep_negatives(self.train_split, train_negatives)
@@ -140,7 +147,7 @@ class PoseDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ datasets and loaders
     def train_dataset(self) -> TrainDataset:
-        return TrainDataset(self.train_split, self.image_size, self.augment)
+        return TrainDataset(self.train_split, self.image_size, self.augment, albumentations=self.albumentations)
 
     def val_dataset(self) -> ValDataset:
         return ValDataset(self.val_split, self.image_size)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from yolopose.data.albu import AlbumentationsStage
 from yolopose.data.augment import AugmentConfig, TrainAugment
 from yolopose.data.image_io import ImageReadError
 from yolopose.data.reader import LabelledImages
@@ -52,18 +53,21 @@ class _Seeded(Dataset):
 
 
 class TrainDataset(_Seeded):
-    """Augmented training items (mosaic, affine, HSV, flip) of ``size x size``.
+    """Augmented training items (mosaic, affine, HSV, flip, then the albumentations stage) of ``size x size``.
 
     Args:
         reader: the split.
         size: output side S.
         cfg: augmentation strengths.
         max_retries: consecutive unreadable images tolerated for one item before giving up.
+        albumentations: the stage applied after our geometry (None: none).
     """
 
-    def __init__(self, reader: LabelledImages, size: int, cfg: AugmentConfig, max_retries: int = 16) -> None:
+    def __init__(self, reader: LabelledImages, size: int, cfg: AugmentConfig, max_retries: int = 16,
+                 albumentations: AlbumentationsStage | None = None) -> None:
         self.reader = reader
         self.augment = TrainAugment(size, cfg, reader.info.flip_index)
+        self.albumentations = albumentations
         self.cfg = cfg
         self.max_retries = max_retries
         self._sizes: dict[int, tuple[int, int]] = {}  # decoded sizes of images the labels do not size
@@ -109,7 +113,10 @@ class TrainDataset(_Seeded):
         else:
             samples = [self._load(i) for i in indices]
             plan = self.augment.plan(rng, [s.image.shape[:2] for s in samples])
-        return self.augment.apply(plan, samples, bgr=True)
+        item = self.augment.apply(plan, samples, bgr=True)
+        if self.albumentations is not None:
+            item = self.albumentations(item, int(rng.integers(2**32)), self.augment.flip_index)
+        return item
 
 
 class ValDataset(_Seeded):
