@@ -78,6 +78,8 @@ class PoseDataModule(pl.LightningDataModule):
         if batch_size < 1 or num_workers < 0:
             raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
         self.format = format
+        # Recorded in checkpoints (``datamodule_hyper_parameters``): predict and export default to it.
+        self.save_hyperparameters({"image_size": image_size}, logger=False)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size
         self.augment = AugmentConfig(mosaic=mosaic, degrees=degrees, translate=translate, scale=tuple(scale),

@@ -165,3 +165,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def scene_images(count: int, width: int, height: int, seed: int = 0, max_people: int = 6) -> list[np.ndarray]:
+    """``count`` generated scenes with people as ``(height, width, 3) uint8 RGB`` images, without labels.
+
+    Scene ``i`` is drawn from ``default_rng(seed + i)``: the same arguments always give the same pixels
+    (the export check and the tests use these as realistic, reproducible inputs).
+    """
+    config = SyntheticConfig(max_people=max_people)
+    return [np.ascontiguousarray(render_scene(np.random.default_rng(seed + i), config, width, height)[0][..., ::-1])
+            for i in range(count)]
