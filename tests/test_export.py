@@ -14,11 +14,12 @@ import pytorch_lightning as pl
 import torch
 from onnx import TensorProto, numpy_helper
 
-from yolopose.checkpoint import load_module
-from yolopose.export import (OUTPUT_NAMES, RAW_OUTPUT_NAME, TENSORRT_OPS, DeployModel, ExportOptions,
-                             TensorRTUnavailable, VerificationError, build_engine, check_images, export_onnx,
-                             graph_op_types, main, nms_thresholds, read_metadata, set_nms_thresholds,
-                             trtexec_command, verify_onnx)
+from yolopose.checkpoint import load_deployable, load_module
+from yolopose.export import (OUTPUT_NAMES, RAW_OUTPUT_NAME, TENSORRT_OPS, DecodedModel, DeployModel, ExportOptions,
+                             ModelInfo, TensorRTUnavailable, VerificationError, build_engine, check_images,
+                             export_for_check, export_model, export_onnx, graph_op_types, nms_thresholds,
+                             read_metadata, set_nms_thresholds, trtexec_command, verify_onnx)
+from yolopose.export.cli import main
 from yolopose.module import PoseModule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,10 +59,19 @@ def calibrated_module(act: str = "silu", seed: int = 0, var_floor: float = 0.0) 
     return module.eval()
 
 
-def save_checkpoint(module: PoseModule, path: Path) -> Path:
-    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
-                "pytorch-lightning_version": pl.__version__}, path)
+def save_checkpoint(module: PoseModule, path: Path, image_size: int | None = SIZE) -> Path:
+    """A checkpoint as ``ModelCheckpoint`` writes it (the DataModule's ``image_size`` included, if given)."""
+    ckpt = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(),
+            "pytorch-lightning_version": pl.__version__}
+    if image_size is not None:
+        ckpt["datamodule_hyper_parameters"] = {"image_size": image_size}
+    torch.save(ckpt, path)
     return path
+
+
+def model_and_info(module: PoseModule) -> tuple[torch.nn.Module, ModelInfo]:
+    model = module.inference_model.float().eval()
+    return model, ModelInfo.from_hparams(module.hparams, max(model.strides), SIZE)
 
 
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
@@ -79,9 +89,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One silu model exported with a dynamic batch: the module, its checkpoint, the file, the verified proto."""
     tmp = tmp_path_factory.mktemp("export")
     module = calibrated_module()
+    model, info = model_and_info(module)
     path = tmp / "model.onnx"
-    proto = export_onnx(module, path, ExportOptions(imgsz=SIZE, dynamic=True, conf=0.25, max_det=MAX_DET, batch=4))
-    return {"module": module, "ckpt": save_checkpoint(module, tmp / "model.ckpt"), "path": path, "proto": proto,
+    opts = ExportOptions(imgsz=SIZE, dynamic=True, conf=0.25, max_det=MAX_DET, batch=4)
+    export_model(model, info, path, opts)
+    proto, deploy = export_for_check(model, info, opts)  # the graph the check runs (one output more)
+    return {"module": module, "model": model, "info": info, "deploy": deploy, "opts": opts,
+            "ckpt": save_checkpoint(module, tmp / "model.ckpt"), "path": path, "proto": proto,
             "file": onnx.load(str(path))}
 
 
@@ -203,7 +217,7 @@ def test_zero_detections_are_zeros_not_an_error(exported: dict) -> None:
 
 def test_raw_export_without_nms(exported: dict, tmp_path: Path) -> None:
     module = exported["module"]
-    export_onnx(module, tmp_path / "raw.onnx", ExportOptions(imgsz=SIZE, nms=False))
+    export_model(exported["model"], exported["info"], tmp_path / "raw.onnx", ExportOptions(imgsz=SIZE, nms=False))
     model = onnx.load(str(tmp_path / "raw.onnx"))
     (out,) = model.graph.output
     n = 3 * sum((SIZE // s) ** 2 for s in (8, 16, 32, 64))
@@ -213,18 +227,18 @@ def test_raw_export_without_nms(exported: dict, tmp_path: Path) -> None:
     images = check_images(SIZE, 1)
     (got,) = session(model).run(None, {"images": images})
     with torch.no_grad():
-        ref = DeployModel(module.inference_model, 1, nms=False)(torch.from_numpy(images)).numpy()
+        ref = DecodedModel(module.inference_model, 1)(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(got[..., :4], ref[..., :4], atol=1e-3, rtol=2e-6)
 
 
 # --------------------------------------------------------------------------- the export check
 def test_export_cli_checks_against_pytorch(exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cli.onnx"
-    rc = main(["--ckpt", str(exported["ckpt"]), "--out", str(out), "--imgsz", str(SIZE), "--max-det", str(MAX_DET),
-               "--dynamic"])
+    rc = main(["--weights", str(exported["ckpt"]), "--out", str(out), "--max-det", str(MAX_DET), "--dynamic"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert out.is_file() and "onnx.checker: ok" in text and "decoded predictions" in text
+    assert f"image size {SIZE}" in text  # the size recorded in the checkpoint
     # the export threshold leaves this fresh model without detections: the check must lower it and compare
     assert "repeating at conf 0.001" in text
     matched = [int(line.split(": ")[-1].split()[0]) for line in text.splitlines()
@@ -236,8 +250,7 @@ def test_export_cli_checks_against_pytorch(exported: dict, tmp_path: Path, capsy
 
 
 def test_check_fails_on_a_wrong_graph(exported: dict) -> None:
-    module = exported["module"]
-    wrapper = DeployModel(module.inference_model, 1, 0.25, 0.65, MAX_DET, 1000)
+    wrapper = exported["deploy"]
     images = check_images(SIZE, 2)
     assert verify_onnx(exported["proto"], wrapper, images).compared > 0
     broken = onnx.ModelProto()
@@ -259,7 +272,7 @@ def test_relu_model_exports_and_matches(tmp_path: Path, capsys: pytest.CaptureFi
     acts = {type(m) for m in rebuilt.inference_model.modules()}
     assert torch.nn.ReLU in acts and torch.nn.SiLU not in acts
     out = tmp_path / "relu.onnx"
-    rc = main(["--ckpt", str(ckpt), "--out", str(out), "--imgsz", str(SIZE), "--conf", "0.001"])
+    rc = main(["--weights", str(ckpt), "--out", str(out), "--imgsz", str(SIZE), "--conf", "0.001"])
     text = capsys.readouterr().out
     assert rc == 0, text
     model = onnx.load(str(out))
@@ -271,17 +284,14 @@ def test_relu_model_exports_and_matches(tmp_path: Path, capsys: pytest.CaptureFi
 @pytest.mark.slow
 def test_dynamo_exporter_gives_the_same_contract(exported: dict, tmp_path: Path) -> None:
     """The torch.export-based exporter (the future default; ~10x slower to export) must keep the contract."""
-    module = exported["module"]
-    path = tmp_path / "dynamo.onnx"
-    proto = export_onnx(module, path, ExportOptions(imgsz=SIZE, dynamic=True, max_det=MAX_DET, exporter="dynamo",
-                                                    opset=18))
-    model = onnx.load(str(path))
+    opts = ExportOptions(imgsz=SIZE, dynamic=True, max_det=MAX_DET, exporter="dynamo", opset=18)
+    proto, wrapper = export_for_check(exported["model"], exported["info"], opts)
+    model = export_onnx(exported["model"], exported["info"], opts)
     assert _dims(model.graph.input[0]) == ["batch", 3, SIZE, SIZE]
     assert [_dims(o) for o in model.graph.output] == [["batch"], ["batch", MAX_DET, 4], ["batch", MAX_DET],
                                                       ["batch", MAX_DET], ["batch", MAX_DET, K, 3]]
     ops = graph_op_types(model)
     assert {d for d, _ in ops} <= {"", "ai.onnx"} and {op for _, op in ops} <= TENSORRT_OPS
-    wrapper = DeployModel(module.inference_model, 1, 0.25, 0.65, MAX_DET, 1000)
     report = verify_onnx(proto, wrapper, check_images(SIZE, 3))  # batch 3: the batch dim was not pinned
     assert report.compared > 0 and not report.warnings
 
@@ -298,7 +308,7 @@ def test_engine_without_tensorrt_prints_trtexec(exported: dict, tmp_path: Path, 
             f"--minShapes=images:1x3x{SIZE}x{SIZE} --optShapes=images:4x3x{SIZE}x{SIZE} "
             f"--maxShapes=images:4x3x{SIZE}x{SIZE} --fp16") in msg
     out = tmp_path / "cli.onnx"
-    rc = main(["--ckpt", str(exported["ckpt"]), "--out", str(out), "--imgsz", str(SIZE), "--engine", "--fp16",
+    rc = main(["--weights", str(exported["ckpt"]), "--out", str(out), "--image_size", str(SIZE), "--engine", "--fp16",
                "--no-check"])
     cap = capsys.readouterr()
     assert rc == 3 and out.is_file() and not out.with_suffix(".engine").exists()
@@ -323,19 +333,19 @@ def test_bad_input_gives_one_line_errors(exported: dict, tmp_path: Path, capsys:
     out = str(tmp_path / "x.onnx")
     not_yolopose = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, not_yolopose)
-    assert main(["--ckpt", str(not_yolopose), "--out", out]) == 1
+    assert main(["--weights", str(not_yolopose), "--out", out]) == 1
     assert "not a yolopose checkpoint" in _one_line_error(capsys)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
-    assert main(["--ckpt", str(garbage), "--out", out]) == 1
+    assert main(["--weights", str(garbage), "--out", out]) == 1
     assert "not a readable yolopose checkpoint" in _one_line_error(capsys)
-    assert main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", out]) == 1
+    assert main(["--weights", str(tmp_path / "missing.ckpt"), "--out", out]) == 1
     assert "checkpoint not found" in _one_line_error(capsys)
-    assert main(["--ckpt", str(exported["ckpt"]), "--out", out, "--imgsz", "100"]) == 1
+    assert main(["--weights", str(exported["ckpt"]), "--out", out, "--imgsz", "100"]) == 1
     assert "not a multiple of the model's largest stride 64" in _one_line_error(capsys)
-    assert main(["--ckpt", str(exported["ckpt"]), "--out", out, "--fp16"]) == 1
+    assert main(["--weights", str(exported["ckpt"]), "--out", out, "--fp16"]) == 1
     assert "use it with --engine" in _one_line_error(capsys)
-    assert main(["--ckpt", str(exported["ckpt"]), "--out", out, "--exporter", "dynamo", "--opset", "17"]) == 1
+    assert main(["--weights", str(exported["ckpt"]), "--out", out, "--exporter", "dynamo", "--opset", "17"]) == 1
     assert "opset >= 18" in _one_line_error(capsys)
     assert not Path(out).exists()
 

@@ -17,9 +17,11 @@ import torch
 
 from yolopose.data.synthetic import SyntheticConfig
 from yolopose.data.synthetic_scene import render_scene
-from yolopose.export import ExportOptions, check_images, export_onnx
+from yolopose.export import ExportOptions, check_images, export_model
 from yolopose.module import PoseModule
-from yolopose.predict import load_predictor, main, preprocess
+from yolopose.data.transforms import preprocess
+from yolopose.inference import load_predictor
+from yolopose.predict import main
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 5
@@ -66,10 +68,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert trainer.global_step == 1
     ckpt = tmp / "last.ckpt"
     trainer.save_checkpoint(ckpt)
-    from yolopose.checkpoint import load_module
+    from yolopose.checkpoint import load_deployable
 
     onnx_path = tmp / "model.onnx"
-    export_onnx(load_module(ckpt), onnx_path, ExportOptions(imgsz=SIZE, conf=0.25, max_det=30))
+    model, info = load_deployable(ckpt)
+    export_model(model, info, onnx_path, ExportOptions(imgsz=SIZE, conf=0.25, max_det=30), check=False)
     return {"ckpt": ckpt, "onnx": onnx_path}
 
 
@@ -138,7 +141,7 @@ def test_records_are_in_original_image_pixels(weights: dict, media: dict, tmp_pa
     image = cv2.cvtColor(cv2.imread(str(media["scene"])), cv2.COLOR_BGR2RGB)
     x, meta = preprocess(image, SIZE)
     assert meta["pad"][1] > 0 and meta["scale"] == pytest.approx(SIZE / W)
-    det = load_predictor(weights["onnx"], conf=0.01)(x[None]).image(0)
+    det = load_predictor(weights["onnx"], conf=0.01).run(x[None]).image(0)
     assert len(records) == int(det.num_dets) > 0
     px, py = meta["pad"]
     for r, box, kp in zip(records, det.boxes.numpy(), det.keypoints.numpy()):
@@ -227,7 +230,7 @@ def test_bad_input_gives_one_line_errors(weights: dict, media: dict, tmp_path: P
     garbage.write_bytes(b"\x01\x02 not protobuf")
     assert "garbage.onnx" in _error(capsys, "--weights", garbage, "--source", media["scene"], "--out", out)
     err = _error(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", out, "--imgsz", 256)
-    assert f"fixed {SIZE}x{SIZE} input but --imgsz is 256" in err
+    assert f"fixed {SIZE}x{SIZE} input but --image_size is 256" in err
     err = _error(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", out, "--max-det", 500)
     assert "at most 30 detections" in err
     assert not list(out.glob("*.json"))
