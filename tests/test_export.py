@@ -16,7 +16,7 @@ from onnx import TensorProto, numpy_helper
 
 from yolopose.checkpoint import load_deployable, load_module
 from yolopose.export import (OUTPUT_NAMES, RAW_OUTPUT_NAME, TENSORRT_OPS, DecodedModel, DeployModel, ExportOptions,
-                             ModelInfo, TensorRTUnavailable, VerificationError, build_engine, check_images,
+                             ModelInfo, TensorRTUnavailable, Tolerance, VerificationError, build_engine, check_images,
                              export_for_check, export_model, export_onnx, graph_op_types, nms_thresholds,
                              read_metadata, set_nms_thresholds, trtexec_command, verify_onnx)
 from yolopose.export.cli import main
@@ -358,3 +358,107 @@ def test_export_script_fails_without_traceback(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- the tolerance
+def _rewire_decoded(proto: onnx.ModelProto, nodes: list, inits: list) -> onnx.ModelProto:
+    """A copy of ``proto`` whose ``decoded`` (read by the selection and output) is computed by ``nodes`` from
+    the true decoded predictions (their input ``decoded_true``): a deliberately altered export."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    index, producer = next((i, n) for i, n in enumerate(out.graph.node) if "decoded" in n.output)
+    producer.output[list(producer.output).index("decoded")] = "decoded_true"
+    kept = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(kept[:index + 1] + nodes + kept[index + 1:])  # topological order
+    out.graph.initializer.extend(inits)
+    return out
+
+
+def _shifted(proto: onnx.ModelProto, shift: np.ndarray) -> onnx.ModelProto:
+    """``decoded + shift`` (``shift (N, 5 + C + 3K)``) everywhere after the decode."""
+    from onnx import helper
+
+    init = numpy_helper.from_array(shift.astype(np.float32)[None], "decoded_shift")
+    return _rewire_decoded(proto, [helper.make_node("Add", ["decoded_true", "decoded_shift"], ["decoded"])], [init])
+
+
+def _coordinate_columns(k: int) -> np.ndarray:
+    """Columns of box and keypoint x, y in a decoded row ``4 + 1 + C + 3K`` (C = 1)."""
+    return np.r_[0:4, [6 + 3 * j for j in range(k)], [7 + 3 * j for j in range(k)]]
+
+
+def _noise_like(exported: dict, cells: float) -> np.ndarray:
+    """A per-prediction shift of ``cells`` x its level's stride on every coordinate, alternating in sign:
+    what fp32 kernel-order noise looks like, scaled."""
+    strides = exported["deploy"].decoder.strides(SIZE).numpy()
+    shift = np.zeros((len(strides), 5 + 1 + 3 * K), np.float32)
+    sign = np.where(np.arange(len(strides)) % 2, 1.0, -1.0)
+    shift[:, _coordinate_columns(K)] = (sign * cells * strides)[:, None]
+    return shift
+
+
+def test_tolerance_follows_the_level_stride(exported: dict) -> None:
+    """Differences of half the tolerance pass at every level, though at stride 64 (6.4e-3 px) they are 5x what
+    the former fixed rule (1e-3 px + 2e-6 |x|) allowed and refused; twice the tolerance fails."""
+    images = check_images(SIZE, 2)
+    wrapper, tol = exported["deploy"], Tolerance()
+    report = verify_onnx(_shifted(exported["proto"], _noise_like(exported, tol.cell / 2)), wrapper, images)
+    assert report.compared > 0
+    assert "(1.0e-04 x stride" in report.lines[0], report.lines  # 6.4e-3 px at stride 64
+    with pytest.raises(VerificationError, match="decoded predictions differ"):
+        verify_onnx(_shifted(exported["proto"], _noise_like(exported, tol.cell * 2)), wrapper, images)
+
+
+def test_a_wrong_decode_offset_fails(exported: dict) -> None:
+    """Half a pixel (the classic grid-offset bug) on every coordinate: far outside any level's tolerance."""
+    shift = np.zeros((len(exported["deploy"].decoder.strides(SIZE)), 5 + 1 + 3 * K), np.float32)
+    shift[:, _coordinate_columns(K)] = 0.5
+    with pytest.raises(VerificationError, match="decoded predictions differ"):
+        verify_onnx(_shifted(exported["proto"], shift), exported["deploy"], check_images(SIZE, 2))
+
+
+def test_a_swapped_keypoint_pair_fails(exported: dict) -> None:
+    """Keypoints 1 and 2 (left/right eye) exchanged after the decode, as a wrong flip table would do."""
+    from onnx import helper
+
+    d = 5 + 1 + 3 * K
+    order = np.arange(d)
+    a, b = 6 + 3 * 1, 6 + 3 * 2
+    order[a:a + 3], order[b:b + 3] = np.arange(b, b + 3), np.arange(a, a + 3)
+    init = numpy_helper.from_array(order.astype(np.int64), "swap_order")
+    swapped = _rewire_decoded(exported["proto"], [helper.make_node("Gather", ["decoded_true", "swap_order"],
+                                                                   ["decoded"], axis=2)], [init])
+    with pytest.raises(VerificationError, match="decoded predictions differ"):
+        verify_onnx(swapped, exported["deploy"], check_images(SIZE, 2))
+
+
+def test_a_refused_export_leaves_no_file(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    """The graph is written under a temporary name and moved only after the check: a refusal leaves neither a
+    new file nor the temporary one, and an older file of that name is untouched."""
+    import yolopose.export.pipeline as pipeline
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise VerificationError("onnxruntime's decoded predictions differ from PyTorch's (simulated)")
+
+    monkeypatch.setattr(pipeline, "verify_onnx", refuse)
+    out = tmp_path / "model.onnx"
+    assert main(["--weights", str(exported["ckpt"]), "--out", str(out)]) == 1
+    err = _one_line_error(capsys)
+    assert "simulated" in err and "not written" in err
+    assert list(tmp_path.iterdir()) == []
+    out.write_bytes(b"an older export")
+    assert main(["--weights", str(exported["ckpt"]), "--out", str(out)]) == 1
+    capsys.readouterr()
+    assert out.read_bytes() == b"an older export" and list(tmp_path.iterdir()) == [out]
+
+
+def test_checkpoint_without_recorded_size_falls_back_with_a_note(exported: dict, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    ckpt = save_checkpoint(exported["module"], tmp_path / "old.ckpt", image_size=None)
+    assert main(["--weights", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--no-check", "--imgsz", "192"]) == 0
+    assert "image size 192" in capsys.readouterr().out  # --imgsz: the alias of --image_size
+    assert main(["--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--no-check"]) == 0
+    text = capsys.readouterr().out
+    assert "does not record the size it was trained at; exporting at 640" in text and "image size 640" in text
