@@ -462,3 +462,25 @@ def test_checkpoint_without_recorded_size_falls_back_with_a_note(exported: dict,
     assert main(["--ckpt", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--no-check"]) == 0
     text = capsys.readouterr().out
     assert "does not record the size it was trained at; exporting at 640" in text and "image size 640" in text
+
+
+# --------------------------------------------------------------------------- a second runtime
+def test_openvino_gives_the_detections_of_onnxruntime(exported: dict) -> None:
+    """The exported file in OpenVINO (CPU, f32 inference precision: the default of ``load_predictor``) and in
+    onnxruntime: the same detections within the export check's tolerance. OpenVINO's own CPU default (bf16
+    where the CPU has it) does not pass this."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'yolopose[openvino]')")
+    from yolopose.export import match_detections
+    from yolopose.inference import load_predictor
+
+    ov_pred = load_predictor(exported["path"], conf=0.01, runtime="openvino")
+    assert "float32" in str(ov_pred.session.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    ort_pred = load_predictor(exported["path"], conf=0.01)
+    images = check_images(SIZE, 3, seed=11)
+    a, b = ov_pred.run(images), ort_pred.run(images)
+    tol = Tolerance()
+    compared, problem = match_detections(a, b, tol, px=tol.cell * 64)
+    assert problem is None and compared > 0, problem
+    ov_bf16 = load_predictor(exported["path"], conf=0.01, runtime="openvino", precision="bf16")
+    if "bfloat16" in str(ov_bf16.session.compiled.get_property("INFERENCE_PRECISION_HINT")):  # CPUs with bf16
+        assert match_detections(ov_bf16.run(images), b, tol, px=tol.cell * 64)[1] is not None

@@ -40,6 +40,7 @@ class Predictor:
     imgsz: int
     description: str
     size_note: str = ""  # why the input size is a fallback, if it is
+    max_batch: int | None = None  # images per run (a static ONNX batch); None: any
 
     def run(self, batch: np.ndarray) -> Detections:
         """``(B, 3, S, S) float32`` in [0, 1] -> ``Detections`` in input pixels."""
@@ -53,7 +54,10 @@ class Predictor:
         if not len(images):
             raise PredictError("no images given")
         pre = [preprocess(im, self.imgsz, i) for i, im in enumerate(images)]
-        det = self.run(np.stack([x for x, _ in pre]))
+        step = self.max_batch or len(pre)
+        parts = [self.run(np.stack([x for x, _ in pre[i:i + step]])) for i in range(0, len(pre), step)]
+        det = Detections(*(torch.cat(t) for t in zip(*((p.num_dets, p.boxes, p.scores, p.labels, p.keypoints)
+                                                        for p in parts))))
         boxes, kpts = det.boxes.clone(), det.keypoints.clone()
         for b, (_, meta) in enumerate(pre):
             n = int(det.num_dets[b])
@@ -162,7 +166,7 @@ class OnnxPredictor(Predictor):
                                f"--image_size (images are letterboxed to the model's size) or re-export with "
                                f"--image_size {imgsz}")
         self.imgsz = _check_size(fixed or imgsz or meta["imgsz"], self.info)
-        self.batch = dims[0]  # None when symbolic
+        self.batch = self.max_batch = dims[0]  # None when symbolic
         self.nms = meta["nms"]
         self.max_det = max_det
         d = DEPLOY_DEFAULTS
