@@ -6,9 +6,10 @@ For every checkpoint: export it at the size it was trained at (``export_for_chec
 decoded predictions as an extra output; export time measured), run ``--images`` images (generated scenes,
 or the images of ``--folder``) one at a time through PyTorch, onnxruntime and OpenVINO (CPU, f32 inference
 precision, and its default precision), and print one Markdown row per checkpoint and pair:
-the largest difference of every decoded prediction (box and keypoint coordinates in pixels and in units
-of the prediction's level stride; probabilities), and whether the detections after NMS are the same
-(``verify.match_detections`` with the check's ``Tolerance``).
+the largest difference of the decoded predictions (box and keypoint coordinates in pixels and in units of
+the prediction's level stride, over the predictions scoring >= the check's ``min_score``, and over all;
+probabilities over all), and whether the detections after NMS are the same (``verify.match_detections``
+with the check's ``Tolerance``).
 """
 from __future__ import annotations
 
@@ -47,14 +48,6 @@ def _openvino(proto: Any, precision: str | None, threads: int) -> Any:
     return lambda x: [np.asarray(v) for v in compiled({"images": x}).values()], compiled
 
 
-def _worst_level(got: list[torch.Tensor], want: list[torch.Tensor], strides: torch.Tensor, c: int) -> int:
-    """The stride of the level holding the largest coordinate difference in units of its stride."""
-    k = (got[0].shape[-1] - 5 - c) // 3
-    cols = torch.tensor([0, 1, 2, 3] + [5 + c + 3 * j + i for j in range(k) for i in (0, 1)])
-    worst = torch.stack([((g - w).abs()[0][:, cols].max(-1).values / strides) for g, w in zip(got, want)]).max(0)
-    return int(strides[int(worst.values.argmax())])
-
-
 def measure(weights: str, count: int, folder: str | None, threads: int, size: int | None = None) -> list[list[str]]:
     model, info = load_deployable(weights)
     size = size or info.image_size or 640
@@ -89,12 +82,13 @@ def measure(weights: str, count: int, folder: str | None, threads: int, size: in
 
     def row(pair: str, got_dec: list[torch.Tensor], want_dec: list[torch.Tensor], got_det: list, want_det: list,
             note: str = "") -> None:
-        d = [decoded_diff(g, w, strides, info.num_classes) for g, w in zip(got_dec, want_dec)]
+        d = [decoded_diff(g, w, strides, info.num_classes, tol.min_score) for g, w in zip(got_dec, want_dec)]
+        every = max(max(x.box_cells, x.kpt_cells) for x in
+                    (decoded_diff(g, w, strides, info.num_classes) for g, w in zip(got_dec, want_dec)))
         same = sum(match_detections(g, w, tol, px)[1] is None for g, w in zip(got_det, want_det))
         dets = sum(int(w.num_dets.sum()) for w in want_det)
-        worst = _worst_level(got_dec, want_dec, strides, info.num_classes)
         rows.append([name, str(size), pair + note, f"{max(x.box_px for x in d):.2e}", f"{max(x.kpt_px for x in d):.2e}",
-                     f"{max(max(x.box_cells, x.kpt_cells) for x in d):.1e} (s{worst})", f"{max(x.prob for x in d):.1e}",
+                     f"{max(max(x.box_cells, x.kpt_cells) for x in d):.1e}", f"{every:.1e}", f"{max(x.prob for x in d):.1e}",
                      f"{same}/{len(d)}", str(dets), f"{export_s:.1f}"])
 
     dec_of = {n: [torch.from_numpy(o[-1]) for o in v] for n, v in outs.items()}
@@ -107,8 +101,8 @@ def measure(weights: str, count: int, folder: str | None, threads: int, size: in
     return rows
 
 
-HEADER = ["checkpoint", "size", "runtimes", "max box px", "max kpt px", "max / stride (level)", "max prob",
-          "images with same detections", "detections", "export s"]
+HEADER = ["checkpoint", "size", "runtimes", "max box px", "max kpt px", "max / stride", "all: max / stride",
+          "max prob", "images with same detections", "detections", "export s"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
