@@ -31,7 +31,7 @@ class Tolerance:
     predicted at stride s has an OKS scale of at least ~s/2 (the smallest anchor of a level is ~2.8 s and the
     assigner takes objects down to a quarter of it); with COCO's tightest sigma (0.025) a keypoint moved by
     d changes its OKS by at most 0.607 d / (0.05 x s/2) = 24 d / s. ``cell = 5e-4`` bounds that change to
-    0.012, a quarter of the 0.05 step between COCO's OKS thresholds (a box IoU moves by < 3e-3). At 640 px
+    0.012, a quarter of the 0.05 step between COCO's OKS thresholds (a box IoU by < 5e-3). At 640 px
     that is 4e-3 px at stride 8 and 3.2e-2 px at stride 64. Measured fp32 kernel-order noise between
     onnxruntime and PyTorch (and OpenVINO f32) reached 1.1e-4 x stride on 7 checkpoints x 30 images
     (``benchmarks/export_parity.py``, docs/deploy.md): a 4.5x margin.
