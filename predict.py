@@ -1,4 +1,4 @@
-"""Pose inference on images, folders, videos or a webcam; see yolopose/predict.py.
+"""Pose inference on images, folders, videos or a webcam; see yolopose/predict.py (CLI), yolopose/inference.py (API).
 
     python predict.py --weights CKPT|model.onnx --source IMAGE|FOLDER|VIDEO|WEBCAM_INDEX --out DIR [--show]
 """

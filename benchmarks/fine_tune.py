@@ -43,7 +43,7 @@ def keypoint_subset(src: Path, dst: Path, keep: tuple[int, ...] = SUBSET) -> Non
 
 def make_target(root: Path, num_train: int, num_val: int, seed: int) -> dict[str, str]:
     """The K = 5 set under ``root``: the ``data`` section of a config."""
-    from yolopose.data.synthetic import SyntheticConfig, ensure_synthetic_dataset
+    from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
 
     paths = ensure_synthetic_dataset(SyntheticConfig(root=str(root / "cache"), num_train=num_train,
                                                      num_val=num_val, seed=seed))

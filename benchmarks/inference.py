@@ -83,7 +83,7 @@ def latency_rows(variants: str, size: int, repeats: int, threads: int, conv_rate
     for v in variants:
         model = calibrated(v, size)
         gflops = 2 * count_macs(model, size) / 1e9
-        deploy = DeployModel(model, 1, conf=0.25, iou=0.65, max_det=100, top_k=1000).eval()
+        deploy = DeployModel(model, 1).eval()  # DEPLOY_DEFAULTS: conf 0.25, iou 0.65, max_det 100, top_k 1000
         with torch.inference_mode():
             t_torch = median_time(lambda d=deploy: d(x), repeats=repeats)
         sess = ort_session(to_onnx(deploy, (x,), ["images"]), threads)

@@ -17,9 +17,11 @@ import torch
 
 from yolopose.synthetic.config import SyntheticConfig
 from yolopose.synthetic.scene import render_scene
-from yolopose.export import ExportOptions, check_images, export_onnx
+from yolopose.export import ExportOptions, check_images, export_model
 from yolopose.module import PoseModule
-from yolopose.predict import load_predictor, main, preprocess
+from yolopose.data.transforms import preprocess
+from yolopose.inference import load_predictor
+from yolopose.predict import main
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 5
@@ -66,10 +68,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert trainer.global_step == 1
     ckpt = tmp / "last.ckpt"
     trainer.save_checkpoint(ckpt)
-    from yolopose.checkpoint import load_module
+    from yolopose.checkpoint import load_deployable
 
     onnx_path = tmp / "model.onnx"
-    export_onnx(load_module(ckpt), onnx_path, ExportOptions(imgsz=SIZE, conf=0.25, max_det=30))
+    model, info = load_deployable(ckpt)
+    export_model(model, info, onnx_path, ExportOptions(imgsz=SIZE, conf=0.25, max_det=30), check=False)
     return {"ckpt": ckpt, "onnx": onnx_path}
 
 
@@ -138,7 +141,7 @@ def test_records_are_in_original_image_pixels(weights: dict, media: dict, tmp_pa
     image = cv2.cvtColor(cv2.imread(str(media["scene"])), cv2.COLOR_BGR2RGB)
     x, meta = preprocess(image, SIZE)
     assert meta["pad"][1] > 0 and meta["scale"] == pytest.approx(SIZE / W)
-    det = load_predictor(weights["onnx"], conf=0.01)(x[None]).image(0)
+    det = load_predictor(weights["onnx"], conf=0.01).run(x[None]).image(0)
     assert len(records) == int(det.num_dets) > 0
     px, py = meta["pad"]
     for r, box, kp in zip(records, det.boxes.numpy(), det.keypoints.numpy()):
@@ -227,7 +230,7 @@ def test_bad_input_gives_one_line_errors(weights: dict, media: dict, tmp_path: P
     garbage.write_bytes(b"\x01\x02 not protobuf")
     assert "garbage.onnx" in _error(capsys, "--weights", garbage, "--source", media["scene"], "--out", out)
     err = _error(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", out, "--imgsz", 256)
-    assert f"fixed {SIZE}x{SIZE} input but --imgsz is 256" in err
+    assert f"fixed {SIZE}x{SIZE} input but --image_size is 256" in err
     err = _error(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", out, "--max-det", 500)
     assert "at most 30 detections" in err
     assert not list(out.glob("*.json"))
@@ -268,3 +271,72 @@ def test_a_big_folder_is_summarised_not_listed(weights: dict, media: dict, tmp_p
     rc, text, _ = _run(capsys, "--weights", weights["onnx"], "--source", src, "--out", tmp_path / "out")
     assert rc == 0 and len(list((tmp_path / "out").glob("b*.png"))) == 5
     assert "5 image(s)" in text and "more)" in text and "b4.png" not in text  # plus the two JSON files
+
+
+# --------------------------------------------------------------------------- defaults from the model, runtimes
+def test_checkpoint_gives_its_training_size(people_coco, write_coco, media: dict, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint written by a real fit with a PoseDataModule at 192 px: predict and the API use 192."""
+    from yolopose.data.datamodule import PoseDataModule
+
+    train_ann, train_images = write_coco(people_coco([(150, 200)] * 2), "train")
+    dm = PoseDataModule(format="coco", train_ann=str(train_ann), train_images=str(train_images),
+                        val_ann=str(train_ann), val_images=str(train_images), image_size=192, batch_size=2,
+                        num_workers=0, mosaic=0.0)
+    torch.manual_seed(0)
+    module = PoseModule(variant="n", num_keypoints=K, width=0.125, depth=0.33, skeleton=SKELETON,
+                        category_ids=[1], lr=1e-6, warmup_bias_lr=0.0)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, datamodule=dm)
+    ckpt = tmp_path / "best.ckpt"
+    trainer.save_checkpoint(ckpt)
+    assert load_predictor(ckpt).imgsz == 192
+    rc, text, err = _run(capsys, "--weights", ckpt, "--source", media["scene"], "--out", tmp_path / "out")
+    assert rc == 0, err
+    assert "image size 192" in text and "note:" not in text
+
+
+def test_checkpoint_without_a_recorded_size_says_so(weights: dict, media: dict, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    rc, text, err = _run(capsys, "--ckpt", weights["ckpt"], "--source", media["blank"], "--out", tmp_path)
+    assert rc == 0, err
+    assert "image size 640" in text and "does not record the size it was trained at" in text
+
+
+def test_api_returns_original_pixels(weights: dict, media: dict, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    """``load_predictor(path)(images)``: the detections predict.py writes, in the image's own pixels."""
+    rc, _, err = _run(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", tmp_path,
+                      "--conf", 0.01)
+    assert rc == 0, err
+    records = _records(tmp_path)
+    image = cv2.cvtColor(cv2.imread(str(media["scene"])), cv2.COLOR_BGR2RGB)
+    det = load_predictor(weights["onnx"], conf=0.01)([image, np.zeros((40, 60, 3), np.uint8)])
+    assert det.boxes.shape[0] == 2 and int(det.num_dets[0]) == len(records) > 0
+    for r, box, kp in zip(records, det.boxes[0].numpy(), det.keypoints[0].numpy()):
+        np.testing.assert_allclose(r["bbox"], [box[0], box[1], box[2] - box[0], box[3] - box[1]], atol=0.01)
+        np.testing.assert_allclose(np.asarray(r["keypoints"]).reshape(K, 3)[:, :2], kp[:, :2], atol=0.01)
+
+
+def test_predict_runs_openvino(weights: dict, media: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--runtime openvino`` (f32 inference precision by default) writes the same outputs; its detections are
+    compared with onnxruntime's in test_export (on a model whose fp32 outputs are well conditioned)."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'yolopose[openvino]')")
+    rc, text, err = _run(capsys, "--weights", weights["onnx"], "--runtime", "openvino", "--source", media["scene"],
+                         "--out", tmp_path, "--conf", 0.01)
+    assert rc == 0, err
+    assert "openvino f32" in text and _records(tmp_path) and (tmp_path / "scene.jpg").is_file()
+
+
+def test_runtime_mismatch_is_a_clear_error(weights: dict, media: dict, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    err = _error(capsys, "--weights", weights["ckpt"], "--runtime", "openvino", "--source", media["scene"],
+                 "--out", tmp_path)
+    assert "runs an exported .onnx file" in err
+    err = _error(capsys, "--weights", weights["onnx"], "--runtime", "torch", "--source", media["scene"],
+                 "--out", tmp_path)
+    assert "is an ONNX file" in err

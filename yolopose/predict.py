@@ -1,11 +1,11 @@
-"""Inference on images, folders, videos and webcams with a checkpoint or an exported ONNX file.
+"""``python predict.py``: pose inference on images, folders, videos and webcams (sources, drawing, outputs).
 
-    python predict.py --weights CKPT|model.onnx --source IMAGE|FOLDER|VIDEO|WEBCAM_INDEX --out DIR [--show]
+    python predict.py --weights CKPT|model.onnx --source IMAGE|FOLDER|VIDEO|WEBCAM_INDEX --out DIR
+                      [--runtime torch|onnxruntime|openvino] [--image_size S] [--show]
 
-Every frame is letterboxed exactly as in validation (``data.transforms.letterbox``), run through the
-network + ``geometry.decode`` + ``postprocess.select_detections`` (in PyTorch for a checkpoint, inside the
-graph for an ONNX file) and mapped back to original pixels with ``evaluation.detections_to_records`` /
-``postprocess.undo_letterbox``. Written to ``--out``: annotated images (same file names) or an annotated
+The model runs through the inference API (``yolopose.inference.load_predictor``): every frame is
+letterboxed as in validation, detected, and mapped back to original pixels with
+``evaluation.detections_to_records`` / ``postprocess.undo_letterbox``. Written to ``--out``: annotated images (same file names) or an annotated
 video, ``predictions.json`` (COCO results: ``image_id, category_id, bbox, keypoints, score``) and
 ``images.json`` (the ``images`` and ``categories`` of a COCO file for those ids).
 """
@@ -24,148 +24,15 @@ import numpy as np
 import torch
 
 from yolopose.data.image_io import IMAGE_SUFFIXES, ImageReadError, read_image
-from yolopose.data.sample import Sample
-from yolopose.data.transforms import letterbox
+from yolopose.data.transforms import preprocess
 from yolopose.evaluation import detections_to_records
-from yolopose.export import DeployModel, ExportError, ModelInfo, outputs_to_detections, read_metadata
-from yolopose.postprocess import Detections, select_detections, undo_letterbox
+from yolopose.export.contract import ExportError, ModelInfo
+from yolopose.inference import OPENVINO_PRECISIONS, RUNTIMES, PredictError, Predictor, load_predictor
+from yolopose.postprocess import Detections, undo_letterbox
 from yolopose.viz import draw_poses
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
-DEFAULTS = {"imgsz": 640, "conf": 0.25, "iou": 0.65, "max_det": 100, "top_k": 1000}
-
-
-class PredictError(ValueError):
-    """Bad predict input (weights, source, sizes, display); the message says what and why."""
-
-
-def preprocess(image: np.ndarray, size: int, image_id: int = 0) -> tuple[np.ndarray, dict]:
-    """``(H, W, 3) uint8 RGB`` -> network input ``(3, S, S) float32`` in [0, 1] and the letterbox ``meta``.
-
-    ``meta`` holds ``image_id``, ``orig_size (h, w)``, ``scale`` and ``pad`` (``input = original * scale + pad``).
-    """
-    h, w = image.shape[:2]
-    sample = Sample(np.ascontiguousarray(image), np.zeros((0, 4), np.float32), np.zeros((0, 1, 3), np.float32),
-                    np.zeros(0, np.int64), np.zeros((0, 4), np.float32), image_id, (h, w))
-    item = letterbox(sample, size)
-    return item.image.transpose(2, 0, 1).astype(np.float32) / 255.0, item.meta
-
-
-# --------------------------------------------------------------------------- predictors
-class Predictor:
-    """``predictor(batch (B, 3, S, S) float32) -> Detections`` in input pixels; ``info``, ``imgsz``."""
-
-    info: ModelInfo
-    imgsz: int
-    description: str
-
-    def __call__(self, batch: np.ndarray) -> Detections:
-        raise NotImplementedError
-
-
-class TorchPredictor(Predictor):
-    """A checkpoint run in PyTorch through the same ``DeployModel`` that export traces."""
-
-    def __init__(self, ckpt: str | Path, imgsz: int | None, conf: float | None, iou: float | None,
-                 max_det: int | None, top_k: int | None = None) -> None:
-        from yolopose.checkpoint import load_module
-
-        module = load_module(ckpt)
-        self.info = ModelInfo.from_module(module)
-        self.imgsz = imgsz or DEFAULTS["imgsz"]
-        if self.imgsz % self.info.stride:
-            raise PredictError(f"--imgsz {self.imgsz} is not a multiple of the model's largest stride "
-                               f"{self.info.stride}")
-        pick = lambda v, key: DEFAULTS[key] if v is None else v  # noqa: E731
-        self.model = DeployModel(module.inference_model.float().eval(), self.info.num_classes, pick(conf, "conf"),
-                                 pick(iou, "iou"), pick(max_det, "max_det"), pick(top_k, "top_k")).eval()
-        self.description = (f"{ckpt} (PyTorch, {self.info.variant or '?'}/{self.info.act}, imgsz {self.imgsz}, "
-                            f"conf {self.model.conf:g}, iou {self.model.iou:g})")
-
-    def __call__(self, batch: np.ndarray) -> Detections:
-        with torch.inference_mode():
-            return outputs_to_detections(self.model(torch.from_numpy(batch)))
-
-
-class OnnxPredictor(Predictor):
-    """An exported ONNX file run in onnxruntime; thresholds other than the exported ones are patched in."""
-
-    def __init__(self, path: str | Path, imgsz: int | None, conf: float | None, iou: float | None,
-                 max_det: int | None, top_k: int | None = None, threads: int | None = None) -> None:
-        import onnx
-        import onnxruntime as ort
-
-        from yolopose.export import INPUT_NAME, nms_thresholds, set_nms_thresholds
-
-        path = Path(path)
-        if not path.is_file():
-            raise PredictError(f"weights not found: {path}")
-        try:
-            proto = onnx.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - any protobuf failure means "not an ONNX file"
-            raise PredictError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-        meta = read_metadata(proto) if proto.metadata_props else None
-        if meta is None:
-            raise PredictError(f"{path}: not a yolopose ONNX file (no yolopose metadata; export it with export.py)")
-        self.info = ModelInfo(meta["num_keypoints"], meta["num_classes"], meta["keypoint_names"], meta["skeleton"],
-                              meta["category_ids"], meta["sigmas"], meta.get("variant", ""), meta.get("act", ""),
-                              meta["stride"])
-        shape = proto.graph.input[0].type.tensor_type.shape
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
-        fixed = dims[2] if dims[2] is not None and dims[2] == dims[3] else None
-        if fixed is not None and imgsz is not None and imgsz != fixed:
-            raise PredictError(f"{path} has a fixed {fixed}x{fixed} input but --imgsz is {imgsz}: drop --imgsz "
-                               f"(images are letterboxed to the model's size) or re-export with --imgsz {imgsz}")
-        self.imgsz = fixed or imgsz or meta["imgsz"]
-        self.batch = dims[0]  # None when symbolic
-        self.nms = meta["nms"]
-        self.max_det = max_det
-        if self.nms:
-            graph_conf, graph_iou = nms_thresholds(proto)
-            if max_det is not None and max_det > meta["max_det"]:
-                raise PredictError(f"{path} returns at most {meta['max_det']} detections per image (fixed at export); "
-                                   f"--max-det {max_det} needs a re-export with --max-det {max_det}")
-            if (conf is not None and conf != graph_conf) or (iou is not None and iou != graph_iou):
-                proto = set_nms_thresholds(proto, conf, iou)
-            self.conf, self.iou = (graph_conf if conf is None else conf), (graph_iou if iou is None else iou)
-        else:
-            self.conf, self.iou = DEFAULTS["conf"] if conf is None else conf, DEFAULTS["iou"] if iou is None else iou
-            self.top_k = DEFAULTS["top_k"] if top_k is None else top_k
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        self.input_name = INPUT_NAME
-        self.description = (f"{path} (onnxruntime, {'NMS in graph' if self.nms else 'raw graph'}, imgsz "
-                            f"{self.imgsz}, conf {self.conf:g}, iou {self.iou:g})")
-
-    def __call__(self, batch: np.ndarray) -> Detections:
-        n = len(batch)
-        if self.batch is not None and self.batch != n:  # a static batch: pad with empty images
-            if n > self.batch:
-                raise PredictError(f"the ONNX file takes batches of {self.batch}, got {n}")
-            batch = np.concatenate([batch, np.zeros((self.batch - n, *batch.shape[1:]), batch.dtype)])
-        out = self.session.run(None, {self.input_name: batch})
-        if self.nms:
-            det = outputs_to_detections(out)
-        else:
-            det = select_detections(torch.from_numpy(out[0]), self.info.num_classes, self.conf, self.iou,
-                                    self.max_det or DEFAULTS["max_det"], self.top_k)
-        det = Detections(det.num_dets[:n], det.boxes[:n], det.scores[:n], det.labels[:n], det.keypoints[:n])
-        if self.nms and self.max_det is not None:  # fewer than exported: keep the best (rows are by score)
-            m = self.max_det
-            det = Detections(det.num_dets.clamp(max=m), det.boxes[:, :m], det.scores[:, :m], det.labels[:, :m],
-                             det.keypoints[:, :m])
-        return det
-
-
-def load_predictor(weights: str | Path, imgsz: int | None = None, conf: float | None = None,
-                   iou: float | None = None, max_det: int | None = None, threads: int | None = None) -> Predictor:
-    """A ``.onnx`` file -> ``OnnxPredictor``; anything else is read as a yolopose checkpoint."""
-    if str(weights).lower().endswith(".onnx"):
-        return OnnxPredictor(weights, imgsz, conf, iou, max_det, threads=threads)
-    return TorchPredictor(weights, imgsz, conf, iou, max_det)
+__all__ = ["PredictError", "Source", "VideoSink", "annotate", "load_predictor", "main", "predict", "preprocess"]
 
 
 # --------------------------------------------------------------------------- sources and sinks
@@ -330,7 +197,7 @@ def predict(predictor: Predictor, source: Source, out: Path, kpt_threshold: floa
             if sink is not None:
                 sink.fps = source.fps
             x, meta = preprocess(frame.image, predictor.imgsz, frame.image_id)
-            det = predictor(x[None]).image(0)
+            det = predictor.run(x[None]).image(0)
             records.extend(detections_to_records(det, meta, info.category_ids))
             n_det += int(det.num_dets)
             h, w = frame.image.shape[:2]
@@ -372,11 +239,17 @@ def predict(predictor: Predictor, source: Source, out: Path, kpt_threshold: floa
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="predict.py", description="Multi-person pose inference: draws boxes and "
                                 "skeletons, writes annotated images/video and COCO-results JSON.")
-    p.add_argument("--weights", required=True, help="yolopose checkpoint (.ckpt) or exported .onnx file")
+    p.add_argument("--weights", "--ckpt", dest="weights", required=True,
+                   help="yolopose checkpoint (.ckpt) or exported .onnx file (--ckpt: the same)")
     p.add_argument("--source", required=True, help="image, folder of images, video file, or webcam index (0)")
     p.add_argument("--out", default="runs/predict", help="output folder")
-    p.add_argument("--imgsz", type=int, default=None,
-                   help="input size (default: the ONNX file's, or 640 for a checkpoint)")
+    p.add_argument("--image_size", "--imgsz", dest="image_size", type=int, default=None,
+                   help="input size (default: the ONNX file's, or the size the checkpoint was trained at; "
+                   "--imgsz: the same)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="torch for a checkpoint; onnxruntime (default) or openvino for an .onnx file")
+    p.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="f32",
+                   help="OpenVINO's INFERENCE_PRECISION_HINT (default f32; its own CPU default may be bf16)")
     p.add_argument("--conf", type=float, default=None, help="confidence threshold (default: exported / 0.25)")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: exported / 0.65)")
     p.add_argument("--max-det", type=int, default=None, help="detections per image (default: exported / 100)")
@@ -399,8 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_display()
         out = Path(a.out)
         source = Source(a.source, out)
-        predictor = load_predictor(a.weights, a.imgsz, a.conf, a.iou, a.max_det, a.threads)
+        predictor = load_predictor(a.weights, a.image_size, a.conf, a.iou, a.max_det, a.threads, a.runtime,
+                                   a.precision)
         print(f"model: {predictor.description}")
+        if predictor.size_note:
+            print(f"note: {predictor.size_note}")
         s = predict(predictor, source, out, a.kpt_thr, a.show, a.max_frames)
     except (PredictError, CheckpointError, ExportError, ImageReadError) as exc:
         print(f"error: {exc}", file=sys.stderr)

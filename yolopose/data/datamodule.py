@@ -92,6 +92,8 @@ class PoseDataModule(pl.LightningDataModule):
                                f"got {batch_size}, {num_workers}")
         check_negatives_fraction(train_negatives)   # before any file is parsed
         self.format = format
+        # Recorded in checkpoints (``datamodule_hyper_parameters``): predict and export default to it.
+        self.save_hyperparameters({"image_size": image_size}, logger=False)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.val_batch_size = val_batch_size or batch_size
         self.augment = AugmentConfig(mosaic=mosaic, degrees=degrees, translate=translate, scale=tuple(scale),

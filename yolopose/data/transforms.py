@@ -222,3 +222,16 @@ def letterbox(sample: Sample, size: int) -> Item:
         warp_boxes(sample.crowd_boxes, m), size)
     meta = {"image_id": sample.image_id, "orig_size": sample.orig_size, "scale": r, "pad": (px, py)}
     return Item(out, boxes, keypoints, classes, crowd, meta)
+
+
+def preprocess(image: np.ndarray, size: int, image_id: int = 0) -> tuple[np.ndarray, dict]:
+    """``(H, W, 3) uint8 RGB`` -> network input ``(3, S, S) float32`` in [0, 1] and the letterbox ``meta``.
+
+    The same ``letterbox`` as validation; ``meta`` holds ``image_id``, ``orig_size (h, w)``, ``scale`` and
+    ``pad`` (``input = original * scale + pad``). Used by inference and by the export check.
+    """
+    h, w = image.shape[:2]
+    sample = Sample(np.ascontiguousarray(image), np.zeros((0, 4), np.float32), np.zeros((0, 1, 3), np.float32),
+                    np.zeros(0, np.int64), np.zeros((0, 4), np.float32), image_id, (h, w))
+    item = letterbox(sample, size)
+    return item.image.transpose(2, 0, 1).astype(np.float32) / 255.0, item.meta

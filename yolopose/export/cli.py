@@ -3,19 +3,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from yolopose.export.contract import (DEFAULT_OPSET, DYNAMO_MIN_OPSET, INPUT_NAME, RAW_OUTPUT_NAME, ExportError,
-                                      ExportOptions, ModelInfo, TensorRTUnavailable)
-from yolopose.export.onnx_graph import export_onnx
+from yolopose.export.contract import (DEFAULT_OPSET, DEPLOY_DEFAULTS, DYNAMO_MIN_OPSET, RAW_OUTPUT_NAME,
+                                      ExportError, ExportOptions, TensorRTUnavailable)
+from yolopose.export.pipeline import export_model
 from yolopose.export.tensorrt import build_engine
-from yolopose.export.verify import (CheckReport, Tolerance, check_saved_file, session, check_decoded,
-                                    check_images, verify_onnx)
-from yolopose.export.wrapper import DeployModel
+
+FALLBACK_IMAGE_SIZE = 640  # for a checkpoint that does not record the size it was trained at
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
@@ -28,12 +25,16 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    d = DEPLOY_DEFAULTS
     p = argparse.ArgumentParser(
         prog="export.py", description="Export a yolopose checkpoint to ONNX (decode + NMS inside, static outputs), "
         "check it against PyTorch with onnxruntime, optionally build a TensorRT engine.")
-    p.add_argument("--ckpt", required=True, help="yolopose checkpoint (.ckpt) written by train.py")
+    p.add_argument("--weights", "--ckpt", dest="weights", required=True,
+                   help="yolopose checkpoint (.ckpt) written by train.py (--ckpt: the same)")
     p.add_argument("--out", required=True, help="output .onnx path")
-    p.add_argument("--imgsz", type=int, default=640, help="square input size (a multiple of the largest stride)")
+    p.add_argument("--image_size", "--imgsz", dest="image_size", type=int, default=None,
+                   help="square input size, a multiple of the largest stride (default: the size the checkpoint "
+                   f"was trained at, else {FALLBACK_IMAGE_SIZE}; --imgsz: the same)")
     p.add_argument("--opset", type=int, default=None,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; {DYNAMO_MIN_OPSET} with --exporter dynamo)")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch dimension")
@@ -41,10 +42,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="static batch size; with --dynamic the TensorRT profile's maximum batch")
     p.add_argument("--no-nms", dest="nms", action="store_false",
                    help=f"output the raw decoded predictions '{RAW_OUTPUT_NAME}' (B, N, 5+C+3K) instead")
-    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold baked into the graph")
-    p.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold baked into the graph")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image (static output size D)")
-    p.add_argument("--top-k", type=int, default=1000,
+    p.add_argument("--conf", type=float, default=d.conf, help="confidence threshold baked into the graph")
+    p.add_argument("--iou", type=float, default=d.iou, help="NMS IoU threshold baked into the graph")
+    p.add_argument("--max-det", type=int, default=d.max_det, help="detections per image (static output size D)")
+    p.add_argument("--top-k", type=int, default=d.top_k,
                    help="candidates entering NMS per image (TensorRT's NMS takes at most a few thousand)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
     p.add_argument("--check-image", default=None,
@@ -60,53 +61,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(a: argparse.Namespace) -> int:
-    from yolopose.checkpoint import load_module
+    from yolopose.checkpoint import load_deployable
 
     if a.fp16 and not a.engine:
         raise ExportError("--fp16 sets the TensorRT engine's precision: use it with --engine "
                           "(the ONNX graph is exported in FP32)")
-    if a.batch < 1:
-        raise ExportError("--batch must be >= 1")
-    module = load_module(a.ckpt)
-    opts = ExportOptions(imgsz=a.imgsz, opset=a.opset, dynamic=a.dynamic, batch=a.batch, nms=a.nms, conf=a.conf,
+    model, info = load_deployable(a.weights)
+    size = a.image_size or info.image_size
+    if size is None:
+        size = FALLBACK_IMAGE_SIZE
+        print(f"note: {a.weights} does not record the size it was trained at; exporting at {size} "
+              "(set --image_size)")
+    opts = ExportOptions(imgsz=size, opset=a.opset, dynamic=a.dynamic, batch=a.batch, nms=a.nms, conf=a.conf,
                          iou=a.iou, max_det=a.max_det, top_k=a.top_k, exporter=a.exporter)
-    out = Path(a.out)
-    proto = export_onnx(module, out, opts)
-    import onnx
+    images = None
+    if a.check and a.check_image:
+        from yolopose.data.image_io import read_image
+        from yolopose.data.transforms import preprocess
 
-    onnx.checker.check_model(str(out), full_check=True)
-    info = ModelInfo.from_module(module)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {opts.opset}, {opts.exporter} exporter, "
-          f"act {info.act}, K={info.num_keypoints}, C={info.num_classes}); onnx.checker: ok")
-    if a.check:
-        batch = 2 if a.dynamic else a.batch
-        if a.check_image:
-            from yolopose.data.image_io import read_image
-            from yolopose.predict import preprocess
-
-            one = preprocess(read_image(a.check_image), a.imgsz)[0]
-            images = np.stack([one] * batch).astype(np.float32)
-        else:
-            images = check_images(a.imgsz, batch)
-        wrapper = DeployModel(module.inference_model.float().eval(), info.num_classes, a.conf, a.iou,
-                              a.max_det, a.top_k)
-        if a.nms:
-            report = verify_onnx(proto, wrapper, images)
-            check_saved_file(out, report, images)
-        else:
-            report = CheckReport()
-            with torch.no_grad():
-                ref = wrapper.decoded(torch.from_numpy(images))
-            got = torch.from_numpy(session(out).run(None, {INPUT_NAME: images})[0])
-            check_decoded(got, ref, info.num_classes, Tolerance(), report)
-        for line in report.lines:
+        one = preprocess(read_image(a.check_image), size)[0]
+        images = np.stack([one] * (2 if a.dynamic else a.batch)).astype(np.float32)
+    result = export_model(model, info, a.out, opts, check=a.check, images=images)
+    print(f"wrote {result.path} ({result.size_mb:.1f} MB, opset {opts.opset}, {opts.exporter} exporter, "
+          f"image size {size}, act {info.act}, K={info.num_keypoints}, C={info.num_classes}); onnx.checker: ok")
+    if result.report is not None:
+        for line in result.report.lines:
             print(f"check: {line}")
-        for line in report.warnings:
+        for line in result.report.warnings:
             print(f"check: WARNING: {line}")
-        if a.dynamic:
-            print("check: ran at batch 2 (batch dimension symbolic)")
+    for line in result.notes:
+        print(f"check: {line}")
     if a.engine:
-        engine = build_engine(out, out.with_suffix(".engine"), a.fp16, a.imgsz, a.dynamic, a.batch, a.workspace)
+        engine = build_engine(result.path, result.path.with_suffix(".engine"), a.fp16, size, a.dynamic, a.batch,
+                              a.workspace)
         print(f"wrote {engine} (TensorRT{', FP16' if a.fp16 else ''})")
     return 0
 
@@ -123,12 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 3
     except (CheckpointError, ExportError, ImageReadError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}" + (f"; {a.out} not written" if not isinstance(exc, CheckpointError) else ""),
+              file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - onnx checker / exporter failures: one line, not a traceback
         import onnx
 
         if isinstance(exc, (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
-            print(f"error: onnx.checker rejected {a.out}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            print(f"error: onnx.checker rejected {a.out}: {str(exc).splitlines()[0]}; {a.out} not written",
+                  file=sys.stderr)
             return 1
         raise

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels", "keypoints")
@@ -47,6 +47,22 @@ class TensorRTUnavailable(ExportError):
     """``tensorrt`` does not import here; the message carries the equivalent ``trtexec`` command."""
 
 
+@dataclass(frozen=True)
+class DeploySettings:
+    """Detection settings of a deployed model: the one place their defaults are written.
+
+    ``conf`` score threshold, ``iou`` NMS IoU threshold, ``max_det`` detections per image (the static output
+    size D), ``top_k`` candidates entering NMS per image (TensorRT's NMS takes at most a few thousand).
+    Validation uses its own, lower threshold (``PoseModule.conf_threshold``) to measure AP.
+    """
+    conf: float = 0.25
+    iou: float = 0.65
+    max_det: int = 100
+    top_k: int = 1000
+
+
+DEPLOY_DEFAULTS = DeploySettings()
+
 
 @dataclass
 class ExportOptions:
@@ -56,16 +72,24 @@ class ExportOptions:
     dynamic: bool = False
     batch: int = 1
     nms: bool = True
-    conf: float = 0.25
-    iou: float = 0.65
-    max_det: int = 100
-    top_k: int = 1000
+    conf: float = DEPLOY_DEFAULTS.conf
+    iou: float = DEPLOY_DEFAULTS.iou
+    max_det: int = DEPLOY_DEFAULTS.max_det
+    top_k: int = DEPLOY_DEFAULTS.top_k
     exporter: str = "torchscript"
+
+    @property
+    def settings(self) -> DeploySettings:
+        return DeploySettings(self.conf, self.iou, self.max_det, self.top_k)
 
 
 @dataclass
 class ModelInfo:
-    """What a deployed model needs to know besides its weights (stored in the ONNX metadata)."""
+    """What a deployed model needs to know besides its weights (stored in the ONNX metadata).
+
+    ``image_size`` is the input size the model was trained and validated at (``None`` for a checkpoint
+    written before yolopose recorded it); ``stride`` the largest stride (input sizes are multiples of it).
+    """
     num_keypoints: int
     num_classes: int
     keypoint_names: list[str]
@@ -75,19 +99,22 @@ class ModelInfo:
     variant: str = ""
     act: str = "silu"
     stride: int = 64
+    image_size: int | None = None
 
     @classmethod
-    def from_module(cls, module: Any) -> "ModelInfo":
-        """From a ``PoseModule`` (its hyperparameters), with defaults for what the dataset left out."""
-        hp = module.hparams
+    def from_hparams(cls, hp: Mapping[str, Any], stride: int, image_size: int | None = None) -> "ModelInfo":
+        """From a checkpoint's hyperparameters, with defaults for what the dataset left out."""
+        from yolopose.geometry import default_sigmas
+
         k, c = int(hp["num_keypoints"]), int(hp["num_classes"])
+        sigmas = hp.get("sigmas")
         return cls(num_keypoints=k, num_classes=c,
                    keypoint_names=list(hp.get("keypoint_names") or [f"kpt{i}" for i in range(k)]),
                    skeleton=[[int(a), int(b)] for a, b in (hp.get("skeleton") or [])],
                    category_ids=[int(i) for i in (hp.get("category_ids") or range(1, c + 1))],
-                   sigmas=[float(s) for s in getattr(module, "sigmas", [])],
-                   variant=str(hp.get("variant", "")), act=str(hp.get("act", "silu")),
-                   stride=int(max(module.inference_model.strides)))
+                   sigmas=[float(s) for s in (sigmas if sigmas is not None else default_sigmas(k).tolist())],
+                   variant=str(hp.get("variant", "")), act=str(hp.get("act", "silu")), stride=int(stride),
+                   image_size=None if image_size is None else int(image_size))
 
 
 def build_metadata(info: ModelInfo, opts: ExportOptions) -> dict[str, str]:
@@ -103,6 +130,8 @@ def build_metadata(info: ModelInfo, opts: ExportOptions) -> dict[str, str]:
         "nms": "true" if opts.nms else "false", "dynamic_batch": "true" if opts.dynamic else "false",
         "input": f"{INPUT_NAME} (B, 3, {opts.imgsz}, {opts.imgsz}) float32 RGB in [0, 1], letterboxed",
     }
+    if info.image_size is not None:
+        meta["trained_image_size"] = str(info.image_size)
     if opts.nms:
         meta.update({"conf_threshold": repr(opts.conf), "iou_threshold": repr(opts.iou),
                      "max_det": str(opts.max_det), "top_k": str(opts.top_k),
@@ -129,7 +158,7 @@ def read_metadata(model: Any) -> dict[str, Any]:
     out: dict[str, Any] = dict(raw)
     for key in ("keypoint_names", "skeleton", "category_ids", "sigmas"):
         out[key] = json.loads(raw[key])
-    for key in ("imgsz", "stride", "num_keypoints", "num_classes", "max_det", "top_k"):
+    for key in ("imgsz", "stride", "num_keypoints", "num_classes", "max_det", "top_k", "trained_image_size"):
         if key in raw:
             out[key] = int(raw[key])
     for key in ("conf_threshold", "iou_threshold"):

@@ -14,10 +14,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from yolopose.export.contract import (DYNAMO_MIN_OPSET, INPUT_NAME, MIN_OPSET, OUTPUT_NAMES, RAW_OUTPUT_NAME,
                                       ExportError, ExportOptions, ModelInfo, build_metadata)
-from yolopose.export.wrapper import DeployModel
+from yolopose.export.wrapper import DecodedModel, DeployModel
+from yolopose.nn.model import YOLOPose
 
 
 def _nms_symbolic(g: Any, boxes: Any, scores: Any, max_per_class: Any, iou_threshold: Any,
@@ -69,28 +71,59 @@ def _set_output_shapes(proto: Any, names: Sequence[str], shapes: Sequence[Sequen
                 dim.dim_value = int(d)
 
 
-def export_onnx(module: Any, out: str | Path, opts: ExportOptions) -> Any:
-    """Export a ``PoseModule``'s inference model to ``out`` and return the in-memory ``ModelProto``.
-
-    With NMS the in-memory model carries one extra output, ``decoded`` (the decoded predictions), for the
-    check; the file written to ``out`` is the same graph without it.
-    """
-    import onnx
-
-    info = ModelInfo.from_module(module)
-    if opts.imgsz % info.stride:
-        raise ExportError(f"--imgsz {opts.imgsz} is not a multiple of the model's largest stride {info.stride}")
+def check_options(info: ModelInfo, opts: ExportOptions) -> None:
+    """Raise ``ExportError`` for options the model or the exporter cannot take (before any tracing)."""
+    if opts.imgsz <= 0 or opts.imgsz % info.stride:
+        raise ExportError(f"--image_size {opts.imgsz} is not a multiple of the model's largest stride {info.stride}")
+    if opts.exporter not in ("torchscript", "dynamo"):
+        raise ExportError(f"unknown exporter {opts.exporter!r} (torchscript or dynamo)")
     if opts.exporter == "dynamo" and opts.opset < DYNAMO_MIN_OPSET:
         raise ExportError(f"the dynamo exporter writes opset >= {DYNAMO_MIN_OPSET}; got --opset {opts.opset}")
     if not MIN_OPSET <= opts.opset <= 21:
         raise ExportError(f"--opset must be in {MIN_OPSET}..21, got {opts.opset}")
     if opts.top_k < 1 or opts.max_det < 1:
         raise ExportError("--max-det and --top-k must be >= 1")
-    net = module.inference_model.float().eval()
-    wrapper = DeployModel(net, info.num_classes, opts.conf, opts.iou, opts.max_det, opts.top_k, opts.nms,
-                          with_decoded=opts.nms).eval()
-    out_names = [*OUTPUT_NAMES, "decoded"] if opts.nms else [RAW_OUTPUT_NAME]
-    batch: int | str = "batch" if opts.dynamic else opts.batch
+    if opts.batch < 1:
+        raise ExportError("--batch must be >= 1")
+
+
+def deploy_module(model: YOLOPose, info: ModelInfo, opts: ExportOptions) -> nn.Module:
+    """What the file computes: ``DeployModel`` with the options' settings, or ``DecodedModel`` without NMS."""
+    if not opts.nms:
+        return DecodedModel(model, info.num_classes).eval()
+    return DeployModel(model, info.num_classes, opts.conf, opts.iou, opts.max_det, opts.top_k).eval()
+
+
+def batch_dim(opts: ExportOptions) -> int | str:
+    return "batch" if opts.dynamic else opts.batch
+
+
+def decoded_shape(model: YOLOPose, info: ModelInfo, opts: ExportOptions) -> list[int | str]:
+    """``[B, N, 5 + C + 3K]``: the decoded predictions at the export size."""
+    n = sum(model.num_anchors * (opts.imgsz // int(s)) ** 2 for s in model.strides)
+    return [batch_dim(opts), n, 5 + info.num_classes + 3 * info.num_keypoints]
+
+
+def export_onnx(model: YOLOPose, info: ModelInfo, opts: ExportOptions, module: nn.Module | None = None,
+                extra_outputs: Sequence[tuple[str, list[int | str]]] = ()) -> Any:
+    """Trace ``model`` (network + decode + selection, see ``deploy_module``) into an in-memory ``ModelProto``
+    with the documented static output shapes and the yolopose metadata; nothing is written to disk.
+
+    ``module`` replaces the traced module (its outputs: the contract's, then ``extra_outputs`` as
+    ``(name, shape)``); the export check traces its own wrapper this way to also see the decoded predictions.
+    """
+    import onnx
+
+    check_options(info, opts)
+    module = deploy_module(model, info, opts) if module is None else module
+    b = batch_dim(opts)
+    if opts.nms:
+        d, k = opts.max_det, info.num_keypoints
+        outputs = list(zip(OUTPUT_NAMES, [[b], [b, d, 4], [b, d], [b, d], [b, d, k, 3]]))
+    else:
+        outputs = [(RAW_OUTPUT_NAME, decoded_shape(model, info, opts))]
+    outputs += list(extra_outputs)
+    out_names = [name for name, _ in outputs]
     # dynamo specialises a batch of 1 to a constant: trace a dynamic batch at 2
     example = torch.rand(2 if opts.dynamic else opts.batch, 3, opts.imgsz, opts.imgsz)
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,41 +132,33 @@ def export_onnx(module: Any, out: str | Path, opts: ExportOptions) -> Any:
             warnings.simplefilter("ignore")
             if opts.exporter == "dynamo":
                 shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if opts.dynamic else None
-                torch.onnx.export(wrapper, (example,), str(path), dynamo=True, external_data=False,
+                torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False,
                                   opset_version=opts.opset, input_names=[INPUT_NAME], output_names=out_names,
                                   dynamic_shapes=shapes, custom_translation_table=_nms_translation_table(),
                                   verbose=False)
-            elif opts.exporter == "torchscript":
+            else:
                 register_nms_symbolic()
                 axes = {n: {0: "batch"} for n in [INPUT_NAME, *out_names]} if opts.dynamic else None
-                torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opts.opset,
+                torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opts.opset,
                                   input_names=[INPUT_NAME], output_names=out_names, dynamic_axes=axes,
                                   do_constant_folding=True)
-            else:
-                raise ExportError(f"unknown exporter {opts.exporter!r} (torchscript or dynamo)")
         proto = onnx.load(str(path))
-    n = sum(net.num_anchors * (opts.imgsz // int(s)) ** 2 for s in net.strides)  # predictions per image
-    dim = 5 + info.num_classes + 3 * info.num_keypoints
-    if opts.nms:
-        d = opts.max_det
-        _set_output_shapes(proto, out_names, [[batch], [batch, d, 4], [batch, d], [batch, d],
-                                              [batch, d, info.num_keypoints, 3], [batch, n, dim]])
-    else:
-        _set_output_shapes(proto, out_names, [[batch, n, dim]])
+    _set_output_shapes(proto, out_names, [shape for _, shape in outputs])
     if opts.dynamic:
         proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     proto.producer_name = "yolopose"
     del proto.metadata_props[:]
     for key, value in build_metadata(info, opts).items():
         proto.metadata_props.add(key=key, value=value)
-    final = _without_output(proto, "decoded") if opts.nms else proto
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(final, str(out))
     return proto
 
 
-def _without_output(proto: Any, name: str) -> Any:
+def partial_path(out: Path) -> Path:
+    """The temporary name a file is written under before it is checked and moved to ``out``."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def without_output(proto: Any, name: str) -> Any:
     """A copy of ``proto`` without the graph output ``name`` (nodes untouched)."""
     import onnx
 

@@ -1,4 +1,4 @@
-"""``DeployModel``: network + decode + detection selection with static outputs, what the graph computes."""
+"""What the exported graph computes: ``DecodedModel`` (network + decode) and ``DeployModel`` (+ selection)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -7,53 +7,72 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolopose.export.contract import DEPLOY_DEFAULTS
 from yolopose.geometry import decode
 from yolopose.nn.model import YOLOPose
 from yolopose.postprocess import Detections, select_detections
+
+
+class DecodedModel(nn.Module):
+    """Network + ``geometry.decode``: ``(B, 3, S, S)`` float [0, 1] -> ``(B, N, 4 + 1 + C + 3K)`` in input
+    pixels (box xyxy, objectness, class probabilities, K x (x, y, confidence)); what ``--no-nms`` exports."""
+
+    def __init__(self, model: YOLOPose, num_classes: int) -> None:
+        super().__init__()
+        self.model, self.num_classes = model, num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return decode(self.model(images), self.model.anchors, self.model.strides, self.num_classes)
+
+    def strides(self, size: int) -> torch.Tensor:
+        """``(N,)`` the stride of the level each of the N predictions at input size ``size`` comes from."""
+        m = self.model
+        per_level = [torch.full((m.num_anchors * (size // int(s)) ** 2,), float(s)) for s in m.strides]
+        return torch.cat(per_level)
 
 
 class DeployModel(nn.Module):
     """Network + decode + detection selection with static-shaped outputs: what the ONNX graph computes.
 
     Args:
-        model: the network (``PoseModule.inference_model``).
+        model: the network (e.g. ``checkpoint.load_deployable(path)[0]``).
         num_classes: C.
-        conf, iou, max_det, top_k: see ``postprocess.select_detections``.
-        nms: ``False`` returns the decoded predictions instead (``--no-nms``).
-        with_decoded: also return the decoded predictions last (used by the export check).
+        conf, iou, max_det, top_k: see ``postprocess.select_detections`` (defaults: ``DEPLOY_DEFAULTS``).
 
     ``forward(images (B, 3, S, S) float [0, 1])`` returns ``(num_dets int32 (B,), boxes (B, D, 4),
-    scores (B, D), labels int32 (B, D), keypoints (B, D, K, 3))`` with ``D = max_det``; with ``nms=False``
-    a single ``(B, N, 4 + 1 + C + 3K)`` tensor.
+    scores (B, D), labels int32 (B, D), keypoints (B, D, K, 3))`` with ``D = max_det``.
     """
 
-    def __init__(self, model: YOLOPose, num_classes: int, conf: float = 0.25, iou: float = 0.65,
-                 max_det: int = 100, top_k: int = 1000, nms: bool = True, with_decoded: bool = False) -> None:
+    def __init__(self, model: YOLOPose, num_classes: int, conf: float = DEPLOY_DEFAULTS.conf,
+                 iou: float = DEPLOY_DEFAULTS.iou, max_det: int = DEPLOY_DEFAULTS.max_det,
+                 top_k: int = DEPLOY_DEFAULTS.top_k) -> None:
         super().__init__()
-        self.model = model
+        self.decoder = DecodedModel(model, num_classes)
         self.num_classes, self.conf, self.iou, self.max_det, self.top_k = num_classes, conf, iou, max_det, top_k
-        self.nms, self.with_decoded = nms, with_decoded
+
+    @property
+    def model(self) -> YOLOPose:
+        return self.decoder.model
 
     def decoded(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` -> decoded predictions ``(B, N, 4 + 1 + C + 3K)`` in input pixels."""
-        return decode(self.model(images), self.model.anchors, self.model.strides, self.num_classes)
+        return self.decoder(images)
 
     def select(self, decoded: torch.Tensor, conf: float | None = None) -> Detections:
         """``select_detections`` with this wrapper's settings (``conf`` overrides the threshold)."""
         return select_detections(decoded, self.num_classes, self.conf if conf is None else conf, self.iou,
                                  self.max_det, self.top_k)
 
-    def forward(self, images: torch.Tensor) -> Any:
-        decoded = self.decoded(images)
-        if not self.nms:
-            return decoded
+    def outputs(self, decoded: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Decoded predictions -> the five graph outputs (``OUTPUT_NAMES`` order, int32 counts and labels)."""
         det = self.select(decoded)
-        out = (det.num_dets.to(torch.int32), det.boxes, det.scores, det.labels.to(torch.int32), det.keypoints)
-        return (*out, decoded) if self.with_decoded else out
+        return det.num_dets.to(torch.int32), det.boxes, det.scores, det.labels.to(torch.int32), det.keypoints
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.outputs(self.decoded(images))
 
 
 def outputs_to_detections(outputs: Sequence[Any]) -> Detections:
     """The five graph outputs (numpy or torch, in ``OUTPUT_NAMES`` order) -> ``Detections`` of torch tensors."""
     t = [torch.as_tensor(np.asarray(o)) for o in outputs[:5]]
     return Detections(t[0].long(), t[1].float(), t[2].float(), t[3].long(), t[4].float())
-
