@@ -174,7 +174,10 @@ def select_detections(decoded: torch.Tensor, num_classes: int, conf_threshold: f
     else:
         score, label = (decoded[..., 5:5 + c] * decoded[..., 4:5]).max(-1)     # (B, N)
     best, idx = score.topk(k, dim=1)                                           # (B, k)
-    cand_boxes = decoded[..., :4].gather(1, idx[..., None].expand(bsz, k, 4))  # (B, k, 4): rows come at the end
+    # (B, k, 4) boxes of the candidates (full rows come at the end). A flat Gather, not GatherElements on the
+    # full rows with 4-wide indices: exporters drop the slice, and OpenVINO rejects indices narrower than data.
+    flat_rows = (idx + torch.arange(bsz, device=decoded.device)[:, None] * n).reshape(-1)
+    cand_boxes = decoded[..., :4].reshape(bsz * n, 4).index_select(0, flat_rows).reshape(bsz, k, 4)
     # One score row per class, zero outside each box's own class: class-aware NMS, one label per box.
     if c == 1:
         per_class = best[:, None, :]                                           # (B, 1, k)
