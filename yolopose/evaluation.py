@@ -53,8 +53,8 @@ def detections_to_records(det: Detections, meta: dict, category_ids: list[int]) 
         ``keypoints`` ``[x, y, c] * K`` rounded to 0.001, ``score`` rounded to 1e-5.
 
     Rounding is done on whole float64 arrays: the float32 values times 10^d are exact in float64, so
-    ``rint`` rounds half to even exactly as Python's ``round(float(v), d)`` does, value for value (about
-    10x faster than rounding 3K + 5 Python floats per detection).
+    ``rint`` rounds half to even exactly as Python's ``round(float(v), d)`` does, value for value (much
+    faster than rounding 3K + 5 Python floats per detection).
     """
     if int(det.num_dets) == 0:
         return []

@@ -52,8 +52,8 @@ class PoseModule(pl.LightningModule):
         ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
         conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
         max_bad_steps: consecutive non-finite losses after which training stops with an error.
-        channels_last: keep weights and inputs in the NHWC memory layout (measured 1.15-1.36x faster
-            training steps on this CPU; the usual choice on GPUs with AMP too). Results are unchanged.
+        channels_last: keep weights and inputs in the NHWC memory layout (faster training steps on
+            CPUs, docs/benchmarks.md; the usual choice on GPUs with AMP too). Results are unchanged.
         init_from: a yolopose checkpoint to start ``fit`` from: every layer whose tensors match by name and shape
             is copied (``checkpoint.init_weights_from``; one line reports what), the rest keeps its fresh
             initialisation, and training runs with this run's own optimiser and schedule (``--ckpt_path``

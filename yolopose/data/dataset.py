@@ -175,7 +175,7 @@ def collate(items: list[Item]) -> dict:
 def single_thread_opencv() -> None:
     """Make OpenCV run single-threaded in this process, and so in the DataLoader workers it forks.
 
-    Call it in the parent before workers start. Measured here with OpenCV 5.0: once the parent has used
+    Call it in the parent before workers start. With OpenCV 5.0, once the parent has used
     OpenCV's thread pool (e.g. while generating the synthetic dataset), ``cv2.setNumThreads`` called in a
     forked child deadlocks, so a worker must never call it; set in the parent, children inherit it.
     """

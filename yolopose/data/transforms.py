@@ -1,5 +1,6 @@
-"""Geometric and colour transforms on images and their labels (own code: see ENVIRONMENT.md for why
-albumentations' HorizontalFlip and Mosaic do not fit keypoints).
+"""Geometric and colour transforms on images and their labels (own code: albumentations'
+HorizontalFlip does not swap left/right keypoints and flips keypoints at W-1-x but boxes at W-x, and its Mosaic
+drops keypoints outside the image; its pixel-level and user-chosen transforms run after these, ``albu.py``).
 
 Every geometric step is a 3x3 affine matrix in continuous pixel coordinates (see ``sample.py``); the
 train pipeline composes mosaic placement, random affine and flip into ONE matrix per source image and

@@ -32,14 +32,12 @@ class Tolerance:
     assigner takes objects down to a quarter of it); with COCO's tightest sigma (0.025) a keypoint moved by
     d changes its OKS by at most 0.607 d / (0.05 x s/2) = 24 d / s. ``cell = 5e-4`` bounds that change to
     0.012, a quarter of the 0.05 step between COCO's OKS thresholds (a box IoU by < 5e-3). At 640 px
-    that is 4e-3 px at stride 8 and 3.2e-2 px at stride 64. Measured fp32 kernel-order noise between
-    onnxruntime and PyTorch (and OpenVINO f32) reached 1.1e-4 x stride on 7 checkpoints x 30 images
-    (``benchmarks/export_parity.py``, docs/deploy.md): a 4.5x margin.
+    that is 4e-3 px at stride 8 and 3.2e-2 px at stride 64. The fp32 kernel-order noise between
+    runtimes stays well below it (measured by ``benchmarks/export_parity.py``; figures in docs/deploy.md).
     Coordinates are compared for the predictions that can become a detection: those scoring >= ``min_score``
     (validation's threshold, the lowest the project uses) in either runtime. Below it, predictions with huge
     raw outputs carry 10x more rounding noise and are never output at any threshold in use.
-    Probabilities (all predictions): ``prob`` (a sigmoid moves by at most a quarter of its logit's error;
-    measured < 3e-5); two detections closer than that in score are a tie and may come in either order.
+    Probabilities (all predictions): ``prob`` (a sigmoid moves by at most a quarter of its logit's error); two detections closer than that in score are a tie and may come in either order.
     Where a detection's level is unknown (end to end), coordinates are held to ``cell`` x the largest stride.
     """
     cell: float = 5e-4
