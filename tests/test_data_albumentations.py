@@ -198,7 +198,8 @@ def test_mirror_inside_a_composition_is_refused_naming_it() -> None:
 # --------------------------------------------------------------------------- bad entries
 @pytest.mark.parametrize("entries, expected", [
     ([entry("Blurr", p=0.5)], "data.albumentations[0] (Blurr): unknown albumentations transform"),
-    ([entry("Blur", p=0.1), entry("GaussNoise", sigma=3)], "data.albumentations[1] (GaussNoise): unknown argument(s) sigma"),
+    ([entry("Blur", p=0.1), entry("GaussNoise", sigma=3)],
+     "data.albumentations[1] (GaussNoise): unknown argument(s) sigma"),
     ([entry("Blur", p=2.0)], "data.albumentations[0] (Blur): p"),
     ([entry("Rotate", limit="wide")], "data.albumentations[0] (Rotate): limit"),
     ([entry("RandomResizedCrop", size=[64, 64]), entry("Blur")], "data.albumentations[0] (RandomResizedCrop): "

@@ -108,7 +108,7 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p / (1 - p))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def maps(size: int, state: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Raw maps of an initialised small model on two noise images (``init``), or those maps with every positive
     placed near its target (``converged``: CIoU ~0.9, OKS ~0.8, confident objectness and keypoint confidences)."""
@@ -161,7 +161,7 @@ def gradient_ratios(settings: dict[str, float | str], size: int, state: str) -> 
     return dict(_ratios(tuple(sorted(settings.items())), size, state))
 
 
-@functools.lru_cache(maxsize=None)   # the six configs share their loss settings: each size/state once
+@functools.cache   # the six configs share their loss settings: each size/state once
 def _ratios(settings_items: tuple, size: int, state: str) -> tuple:
     settings = dict(settings_items)
     raws, targets = maps(size, state)

@@ -5,9 +5,9 @@
 
 The model runs through the inference API (``yolopose.inference.load_predictor``): every frame is
 letterboxed as in validation, detected, and mapped back to original pixels with
-``evaluation.detections_to_records`` / ``postprocess.undo_letterbox``. Written to ``--out``: annotated images (same file names) or an annotated
-video, ``predictions.json`` (COCO results: ``image_id, category_id, bbox, keypoints, score``) and
-``images.json`` (the ``images`` and ``categories`` of a COCO file for those ids).
+``evaluation.detections_to_records`` / ``postprocess.undo_letterbox``. Written to ``--out``: annotated images
+(same file names) or an annotated video, ``predictions.json`` (COCO results: ``image_id, category_id, bbox,
+keypoints, score``) and ``images.json`` (the ``images`` and ``categories`` of a COCO file for those ids).
 """
 from __future__ import annotations
 

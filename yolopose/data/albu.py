@@ -258,8 +258,8 @@ class AlbumentationsStage:
                       keypoints=flat[labelled, :2] - 0.5, keypoint_ids=labelled)  # to pixel-centre indices
         image = out["image"]
         if check and image.shape != (self.size, self.size, 3):
-            raise DatasetError(f"{FIELD} turned a {self.size}x{self.size} image into {image.shape[1]}x{image.shape[0]}: "
-                               f"spatial transforms must keep data.image_size")
+            raise DatasetError(f"{FIELD} turned a {self.size}x{self.size} image into "
+                               f"{image.shape[1]}x{image.shape[0]}: spatial transforms must keep data.image_size")
         moved = np.zeros_like(flat)
         ids = np.asarray(out["keypoint_ids"], np.int64)
         moved[ids, :2] = np.asarray(out["keypoints"], np.float32).reshape(-1, 2)[:, :2] + 0.5  # back to continuous

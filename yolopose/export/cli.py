@@ -25,6 +25,7 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``export.py``'s command line (``--weights`` / ``--image_size``; ``--ckpt`` / ``--imgsz`` are aliases)."""
     d = DEPLOY_DEFAULTS
     p = argparse.ArgumentParser(
         prog="export.py", description="Export a yolopose checkpoint to ONNX (decode + NMS inside, static outputs), "
@@ -61,6 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(a: argparse.Namespace) -> int:
+    """Export (and check) what ``a`` asks for; returns the exit code."""
     from yolopose.checkpoint import load_deployable
 
     if a.fp16 and not a.engine:

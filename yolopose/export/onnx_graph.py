@@ -40,6 +40,7 @@ _SYMBOLIC_REGISTERED = False
 
 
 def register_nms_symbolic() -> None:
+    """Map ``yolopose::nms`` to ONNX ``NonMaxSuppression`` for the TorchScript exporter (once per process)."""
     global _SYMBOLIC_REGISTERED
     if not _SYMBOLIC_REGISTERED:
         torch.onnx.register_custom_op_symbolic("yolopose::nms", _nms_symbolic, MIN_OPSET)
@@ -95,6 +96,7 @@ def deploy_module(model: YOLOPose, info: ModelInfo, opts: ExportOptions) -> nn.M
 
 
 def batch_dim(opts: ExportOptions) -> int | str:
+    """The exported batch dimension: the symbol ``"batch"`` with ``--dynamic``, else the fixed batch size."""
     return "batch" if opts.dynamic else opts.batch
 
 

@@ -37,7 +37,8 @@ class Tolerance:
     Coordinates are compared for the predictions that can become a detection: those scoring >= ``min_score``
     (validation's threshold, the lowest the project uses) in either runtime. Below it, predictions with huge
     raw outputs carry 10x more rounding noise and are never output at any threshold in use.
-    Probabilities (all predictions): ``prob`` (a sigmoid moves by at most a quarter of its logit's error); two detections closer than that in score are a tie and may come in either order.
+    Probabilities (all predictions): ``prob`` (a sigmoid moves by at most a quarter of its logit's error);
+    two detections closer than that in score are a tie and may come in either order.
     Where a detection's level is unknown (end to end), coordinates are held to ``cell`` x the largest stride.
     """
     cell: float = 5e-4
