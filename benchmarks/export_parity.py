@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from yolopose.checkpoint import load_deployable
+from yolopose.restore import load_deployable
 from yolopose.data.image_io import IMAGE_SUFFIXES, read_image
 from yolopose.data.transforms import preprocess
 from yolopose.export import ExportOptions, Tolerance, export_for_check, match_detections, outputs_to_detections

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from onnx import TensorProto, numpy_helper
 
-from yolopose.checkpoint import load_module
+from yolopose.restore import load_module
 from yolopose.export import (OUTPUT_NAMES, RAW_OUTPUT_NAME, TENSORRT_OPS, DecodedModel, DeployModel, ExportOptions,
                              ModelInfo, TensorRTUnavailable, Tolerance, VerificationError, build_engine, check_images,
                              export_for_check, export_model, export_onnx, graph_op_types, nms_thresholds,

@@ -1,5 +1,5 @@
-"""The package's shape: imports flow one way (no circles in the data layer or the synthetic generator), and
-the DataModule loads the generator only for ``format: synthetic``."""
+"""The package's shape: imports flow one way (no circle anywhere in the package, nothing imports a CLI module),
+and the DataModule loads the generator only for ``format: synthetic``."""
 from __future__ import annotations
 
 import ast
@@ -74,6 +74,21 @@ def test_data_layer_and_synthetic_generator_have_no_import_circle() -> None:
     assert "yolopose.data.datamodule" in graph and len(graph) > 20
     ours = [c for c in cycles(graph) if any(m.startswith(("yolopose.data", "yolopose.synthetic")) for m in c)]
     assert ours == []
+
+
+CLI_MODULES = {"yolopose.cli", "yolopose.predict", "yolopose.export.cli", "yolopose.synthetic.__main__"}
+
+
+def test_no_import_circle_anywhere_in_the_package() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_no_module_imports_a_command_line_module() -> None:
+    graph = import_graph()
+    clis = CLI_MODULES | {m for m in graph if m.startswith("yolopose.tools.")}
+    assert CLI_MODULES <= set(graph)
+    upward = {m: sorted(deps & clis) for m, deps in graph.items() if m not in clis and deps & clis}
+    assert upward == {}
 
 
 def test_synthetic_generator_uses_the_data_layer_only_for_the_coco_topology() -> None:

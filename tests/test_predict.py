@@ -68,7 +68,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert trainer.global_step == 1
     ckpt = tmp / "last.ckpt"
     trainer.save_checkpoint(ckpt)
-    from yolopose.checkpoint import load_deployable
+    from yolopose.restore import load_deployable
 
     onnx_path = tmp / "model.onnx"
     model, info = load_deployable(ckpt)

@@ -3,14 +3,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from yolopose.export.contract import ModelInfo
-    from yolopose.nn.model import YOLOPose
 
 
 class CheckpointError(ValueError):
@@ -113,31 +109,3 @@ def trained_image_size(ckpt: dict) -> int | None:
     """
     size = (ckpt.get("datamodule_hyper_parameters") or {}).get("image_size")
     return int(size) if size else None
-
-
-def load_module(path: str | Path):
-    """Rebuild the ``PoseModule`` of a checkpoint (EMA weights included) in eval mode on the CPU."""
-    return _build_module(read_checkpoint(path), path)
-
-
-def _build_module(ckpt: dict, path: str | Path):
-    from yolopose.module import PoseModule  # local: keeps this module importable without Lightning
-
-    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
-    module = PoseModule(**hp)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
-    if [m for m in missing if not m.startswith("criterion.")] or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the model they describe "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return module.eval()
-
-
-def load_deployable(path: str | Path) -> tuple["YOLOPose", "ModelInfo"]:
-    """The network to deploy (EMA weights when there are some; float32, eval, CPU) and its ``ModelInfo``."""
-    from yolopose.export.contract import ModelInfo
-
-    ckpt = read_checkpoint(path)
-    module = _build_module(ckpt, path)
-    model = module.inference_model.float().eval()
-    info = ModelInfo.from_hparams(module.hparams, max(model.strides), trained_image_size(ckpt))
-    return model, info

@@ -78,7 +78,7 @@ class TorchPredictor(Predictor):
 
     def __init__(self, ckpt: str | Path, imgsz: int | None = None, conf: float | None = None,
                  iou: float | None = None, max_det: int | None = None, top_k: int | None = None) -> None:
-        from yolopose.checkpoint import load_deployable
+        from yolopose.restore import load_deployable
 
         model, self.info = load_deployable(ckpt)
         self.size_note = ""

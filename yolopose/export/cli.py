@@ -63,7 +63,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(a: argparse.Namespace) -> int:
     """Export (and check) what ``a`` asks for; returns the exit code."""
-    from yolopose.checkpoint import load_deployable
+    from yolopose.restore import load_deployable
 
     if a.fp16 and not a.engine:
         raise ExportError("--fp16 sets the TensorRT engine's precision: use it with --engine "

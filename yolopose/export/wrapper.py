@@ -35,7 +35,7 @@ class DeployModel(nn.Module):
     """Network + decode + detection selection with static-shaped outputs: what the ONNX graph computes.
 
     Args:
-        model: the network (e.g. ``checkpoint.load_deployable(path)[0]``).
+        model: the network (e.g. ``restore.load_deployable(path)[0]``).
         num_classes: C.
         conf, iou, max_det, top_k: see ``postprocess.select_detections`` (defaults: ``DEPLOY_DEFAULTS``).
 
