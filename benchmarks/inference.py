@@ -99,6 +99,14 @@ def latency_rows(variants: str, size: int, repeats: int, threads: int, conv_rate
 STRIDES = (8, 16, 32, 64)
 
 
+def person_cells(people: int, size: int) -> list[tuple[int, int]]:
+    """P3 cells ``(row, column)`` of ``people`` persons on a grid 64 px apart (8 P3 cells), row by row."""
+    per_row = size // 64
+    if people > per_row * per_row:
+        raise ValueError(f"at most {per_row ** 2} well-separated people fit in {size} px")
+    return [(4 + 8 * (p // per_row), 4 + 8 * (p % per_row)) for p in range(people)]
+
+
 def crowd_raws(people: int, size: int, seed: int = 0) -> list[torch.Tensor]:
     """Raw head maps ``(1, 3, H, W, 5 + 1 + 3K)`` per level: background objectness ~0.0025 everywhere, and
     ``people`` persons on a grid (64 px apart), each firing a 3x3 cluster of P3 cells with one anchor
@@ -110,12 +118,8 @@ def crowd_raws(people: int, size: int, seed: int = 0) -> list[torch.Tensor]:
         r = torch.randn(1, 3, h, h, 6 + 3 * K, generator=g) * 0.5
         r[..., 4] = -6.0 + 0.3 * torch.randn(1, 3, h, h, generator=g)
         raws.append(r)
-    per_row = size // 64
-    if people > per_row * per_row:
-        raise ValueError(f"at most {per_row ** 2} well-separated people fit in {size} px")
     p3 = raws[0]
-    for p in range(people):
-        cy, cx = 4 + 8 * (p // per_row), 4 + 8 * (p % per_row)
+    for cy, cx in person_cells(people, size):
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 cell = p3[0, 1, cy + dy, cx + dx]
@@ -218,12 +222,8 @@ def dense_crowd_raws(people: int, size: int, faint_every: int = 4, seed: int = 0
     anchors = torch.tensor(default_anchors_p3())                                 # (3, 2) pixels
     target = torch.tensor([44.0, 40.0])
     wh_logit = torch.logit((target / anchors).sqrt() / 2)                         # (2 sigmoid(t))^2 * anchor = target
-    per_row = size // 64
-    if people > per_row * per_row:
-        raise ValueError(f"at most {per_row ** 2} well-separated people fit in {size} px")
     p3 = raws[0]
-    for p in range(people):
-        cy, cx = 4 + 8 * (p // per_row), 4 + 8 * (p % per_row)
+    for p, (cy, cx) in enumerate(person_cells(people, size)):
         drop = 5.0 if faint_every and p % faint_every == faint_every - 1 else 0.0
         for a in range(3):
             for dy in (-1, 0, 1):

@@ -131,14 +131,19 @@ def test_checkpoint_and_onnx_give_the_same_records(weights: dict, media: dict, t
         assert ra["score"] == pytest.approx(rb["score"], abs=1e-4)
 
 
-def test_records_are_in_original_image_pixels(weights: dict, media: dict, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def _predict_scene(weights: dict, media: dict, tmp_path: Path,
+                   capsys: pytest.CaptureFixture) -> tuple[list, np.ndarray]:
+    """``predict.py`` on the scene image at conf 0.01: its records and the scene as RGB."""
     rc, _, err = _run(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", tmp_path,
                       "--conf", 0.01)
     assert rc == 0, err
-    records = _records(tmp_path)
+    return _records(tmp_path), cv2.cvtColor(cv2.imread(str(media["scene"])), cv2.COLOR_BGR2RGB)
+
+
+def test_records_are_in_original_image_pixels(weights: dict, media: dict, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    records, image = _predict_scene(weights, media, tmp_path, capsys)
     # the same detections computed by hand: input pixels -> (input - pad) / scale
-    image = cv2.cvtColor(cv2.imread(str(media["scene"])), cv2.COLOR_BGR2RGB)
     x, meta = preprocess(image, SIZE)
     assert meta["pad"][1] > 0 and meta["scale"] == pytest.approx(SIZE / W)
     det = load_predictor(weights["onnx"], conf=0.01).run(x[None]).image(0)
@@ -310,11 +315,7 @@ def test_checkpoint_without_a_recorded_size_says_so(weights: dict, media: dict, 
 def test_api_returns_original_pixels(weights: dict, media: dict, tmp_path: Path,
                                      capsys: pytest.CaptureFixture) -> None:
     """``load_predictor(path)(images)``: the detections predict.py writes, in the image's own pixels."""
-    rc, _, err = _run(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", tmp_path,
-                      "--conf", 0.01)
-    assert rc == 0, err
-    records = _records(tmp_path)
-    image = cv2.cvtColor(cv2.imread(str(media["scene"])), cv2.COLOR_BGR2RGB)
+    records, image = _predict_scene(weights, media, tmp_path, capsys)
     det = load_predictor(weights["onnx"], conf=0.01)([image, np.zeros((40, 60, 3), np.uint8)])
     assert det.boxes.shape[0] == 2 and int(det.num_dets[0]) == len(records) > 0
     for r, box, kp in zip(records, det.boxes[0].numpy(), det.keypoints[0].numpy()):
