@@ -360,6 +360,16 @@ def test_export_script_fails_without_traceback(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_export_without_the_export_extra_is_a_one_line_error(package: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, package, None)  # what a plain `pip install yolopose` looks like to imports
+    assert main(["--weights", str(tmp_path / "any.ckpt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: export needs {package}: pip install 'yolopose[export]'"
+
+
 # --------------------------------------------------------------------------- the tolerance
 def _rewire_decoded(proto: onnx.ModelProto, nodes: list, inits: list) -> onnx.ModelProto:
     """A copy of ``proto`` whose ``decoded`` (read by the selection and output) is computed by ``nodes`` from

@@ -336,6 +336,15 @@ def test_predict_runs_openvino(weights: dict, media: dict, tmp_path: Path) -> No
     assert "openvino f32" in r.stdout and _records(tmp_path) and (tmp_path / "scene.jpg").is_file()
 
 
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_onnx_without_its_runtime_is_a_clear_error(package: str, weights: dict, media: dict, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, package, None)  # not installed (a plain `pip install yolopose`)
+    err = _error(capsys, "--weights", weights["onnx"], "--source", media["scene"], "--out", tmp_path)
+    assert "pip install 'yolopose[export]'" in err and package in err
+
+
 def test_runtime_mismatch_is_a_clear_error(weights: dict, media: dict, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     err = _error(capsys, "--weights", weights["ckpt"], "--runtime", "openvino", "--source", media["scene"],

@@ -118,8 +118,11 @@ class _OnnxSession:
                 config["INFERENCE_NUM_THREADS"] = threads
             self.compiled = core.compile_model(model, "CPU", config)
         else:
-            import onnxruntime as ort
-
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise PredictError("an ONNX file runs in onnxruntime, which is not installed: pip install "
+                                   "'yolopose[export]' (or --runtime openvino)") from None
             so = ort.SessionOptions()
             if threads:
                 so.intra_op_num_threads = threads
@@ -140,8 +143,10 @@ class OnnxPredictor(Predictor):
     def __init__(self, path: str | Path, imgsz: int | None = None, conf: float | None = None,
                  iou: float | None = None, max_det: int | None = None, top_k: int | None = None,
                  threads: int | None = None, runtime: str = "onnxruntime", precision: str = "f32") -> None:
-        import onnx
-
+        try:
+            import onnx
+        except ImportError:
+            raise PredictError("reading an ONNX file needs the onnx package: pip install 'yolopose[export]'") from None
         path = Path(path)
         if not path.is_file():
             raise PredictError(f"weights not found: {path}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
@@ -100,12 +101,28 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_PACKAGES = ("onnx", "onnxruntime")
+"""What every export needs (the ``export`` extra; ``onnxscript`` only for ``--exporter dynamo``)."""
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: 0 on success; a one-line ``error:`` on stderr and 1 on failure (3: TensorRT missing)."""
     from yolopose.checkpoint import CheckpointError
     from yolopose.data.image_io import ImageReadError
 
     a = parse_args(argv)
+    missing = [name for name in EXPORT_PACKAGES if not _importable(name)]
+    if missing:  # a plain `pip install yolopose` has no exporter: say so in one line, not an ImportError traceback
+        print(f"error: export needs {', '.join(missing)}: pip install 'yolopose[export]'", file=sys.stderr)
+        return 2
     try:
         return run(a)
     except TensorRTUnavailable as exc:
