@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import inspect
 import random
@@ -273,4 +274,5 @@ class AlbumentationsStage:
             keypoints = swap_left_right(keypoints, flip_index)
         boxes, keypoints, classes, crowd = filter_labels(new_boxes[person], keypoints, item.classes[kept],
                                                          new_boxes[~person], image.shape[1])
-        return Item(np.ascontiguousarray(image), boxes, keypoints, classes, crowd, item.meta, item.num_skipped)
+        return dataclasses.replace(item, image=np.ascontiguousarray(image), boxes=boxes, keypoints=keypoints,
+                                   classes=classes, crowd_boxes=crowd)   # every other field (meta, skip counts) kept
