@@ -3,6 +3,10 @@ configs are found by bare name from any directory; the console scripts point at 
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -81,11 +85,34 @@ def test_console_scripts_point_at_entry_points() -> None:
         assert callable(getattr(importlib.import_module(module), name)), target
 
 
-def test_configs_are_package_data() -> None:
+def test_configs_live_at_the_top_and_every_package_is_listed() -> None:
     tomllib = pytest.importorskip("tomllib")
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert data["yolopose.configs"] == ["*.yaml"] and CONFIG_DIR.parent.name == "yolopose"
-    assert not (ROOT / "configs").exists()  # one copy of the configs, inside the package
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert CONFIG_DIR == ROOT / "configs" and shipped()  # one copy, beside train.py
+    assert not list((ROOT / "yolopose").rglob("*.yaml"))
+    assert tool["package-dir"]["yolopose.configs.shipped"] == "configs"
+    assert tool["package-data"]["yolopose.configs.shipped"] == ["*.yaml"]
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "yolopose").rglob("__init__.py")}
+    assert set(tool["packages"]) == packages | {"yolopose.configs.shipped"}  # a new subpackage must be listed
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_every_module_and_the_configs(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    with zipfile.ZipFile(next(tmp_path.glob("yolopose-*.whl"))) as wheel:
+        names = set(wheel.namelist())
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "yolopose").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
+    assert {f"yolopose/configs/shipped/{n}.yaml" for n in shipped()} <= names
+    # Unpacked with no checkout around it, the package finds its configs by name in its own data package.
+    site = tmp_path / "site"
+    zipfile.ZipFile(next(tmp_path.glob("yolopose-*.whl"))).extractall(site)
+    probe = "from yolopose.configs import CONFIG_DIR, find_config; print(CONFIG_DIR); print(find_config('demo'))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(site)}).stdout.split()
+    assert out == [str(site / "yolopose/configs/shipped"), str(site / "yolopose/configs/shipped/demo.yaml")]
 
 
 def test_no_arguments_run_the_shipped_demo_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -1,17 +1,30 @@
-"""The shipped training configs (YAML package data), found by bare name: ``--config coco_s_640``.
+"""The shipped training configs, found by bare name: ``--config coco_s_640``.
 
-``python train.py fit --config NAME`` takes a file path or the name of a config here, with or without
-``.yaml``; an old repo-relative path such as ``configs/demo.yaml`` that no longer exists also finds the
-shipped file of that name. A non-editable ``pip install`` carries these files along.
+They live (and are edited) in ``configs/`` at the top of the repository, beside ``train.py``. A wheel
+(``pip install .``) installs that folder inside the package as the data package ``yolopose.configs.shipped``
+(``pyproject.toml`` maps it), so an installed yolopose finds them with no checkout around it.
+
+``python train.py fit --config NAME`` takes a file path or the name of a shipped config, with or without
+``.yaml``; ``configs/demo.yaml`` also finds the shipped file of that name from any working directory.
 
 The six ``coco_<variant>_<size>`` configs are overlays of four values on ``coco_base``: naming one (or
 giving its path here) passes ``coco_base`` first, and jsonargparse merges the two in that order.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent
+
+def _config_dir() -> Path:
+    """The folder of the shipped YAMLs: the installed data package, else the checkout's ``configs/``."""
+    spec = importlib.util.find_spec(f"{__name__}.shipped")  # found only in an installed wheel
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    return Path(__file__).resolve().parents[2] / "configs"  # a source checkout (editable install included)
+
+
+CONFIG_DIR = _config_dir()
 
 BASE_OF = {f"coco_{variant}_{size}": "coco_base" for variant in "sml" for size in (640, 960)}
 BASE_OF["coco_s_640_detector"] = "coco_s_640"

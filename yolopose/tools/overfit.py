@@ -18,7 +18,7 @@ from pathlib import Path
 
 from yolopose.cli import main as train_main
 
-CONFIG = "overfit"  # a shipped config, found by name (yolopose/configs/overfit.yaml)
+CONFIG = "overfit"  # a shipped config, found by name (configs/overfit.yaml)
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
