@@ -12,6 +12,10 @@ import pytest
 import torch
 import yaml
 
+from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
+
+from tiny_run import TINY_DATA
+
 KPT_NAMES = ["nose", "left_eye", "right_eye", "left_wrist", "right_wrist"]
 SKELETON_1BASED = [[1, 2], [1, 3], [2, 4], [3, 5]]
 
@@ -107,3 +111,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny synthetic dataset of ``tiny_run.tiny_config``, built once per test module."""
+    root = tmp_path_factory.mktemp("cache")
+    ensure_synthetic_dataset(SyntheticConfig(root=str(root), **TINY_DATA))
+    return root

@@ -58,8 +58,8 @@ def test_first_readable_skips_unreadable_candidates_in_order(tmp_path: Path) -> 
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     junk.write_bytes(b"not a checkpoint")
     skipped: list[CheckpointError] = []
-    path, hparams = first_readable([cut, junk, good], skipped.append)
-    assert path == good and hparams == {"num_keypoints": 5}
+    path, ckpt = first_readable([cut, junk, good], skipped.append)
+    assert path == good and ckpt["hyper_parameters"] == {"num_keypoints": 5} and ckpt["global_step"] == 4
     assert [str(e).split(":")[0] for e in skipped] == [str(cut), str(junk)]
     assert all("\n" not in str(e) for e in skipped)
     with pytest.raises(CheckpointError, match=f"^{cut}: not a readable yolopose checkpoint"):

@@ -14,53 +14,16 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from yolopose.checkpoint import read_checkpoint
 from yolopose.cli import main
-from yolopose.synthetic import SyntheticConfig, ensure_synthetic_dataset
 from yolopose.module import PoseModule
 
-ROOT = Path(__file__).resolve().parent.parent
+from tiny_run import ROOT, TINY_DATA, run_dir, tiny_config, train_subprocess
+
 pytestmark = pytest.mark.slow
-
-TINY_DATA = {"num_train": 24, "num_val": 8, "image_size": 160, "max_people": 3}
-
-
-def tiny_config(tmp: Path, cache: Path, **trainer: object) -> Path:
-    """A config for a ~0.2 M parameter model on 128 px inputs: seconds per epoch on a CPU."""
-    cfg = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "default_root_dir": str(tmp / "run"),
-                    "enable_progress_bar": False, "num_sanity_val_steps": 0, "log_every_n_steps": 1, **trainer},
-        "model": {"variant": "n", "width": 0.125, "kpt_head_depth": 1, "warmup_min_steps": 2, "ema_tau": 5.0},
-        "data": {"format": "synthetic", "synthetic": {"root": str(cache), **TINY_DATA}, "image_size": 128,
-                 "batch_size": 4, "num_workers": 0},
-        "last_checkpoint": {"every_n_train_steps": 2},
-    }
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    ensure_synthetic_dataset(SyntheticConfig(root=str(root), **TINY_DATA))
-    return root
-
-
-def run_dir(tmp: Path) -> Path:
-    """The newest ``version_N`` log directory of a run."""
-    return sorted((tmp / "run" / "lightning_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
-
-
-def train_subprocess(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, **kwargs)
 
 
 def test_fast_dev_run(tmp_path: Path, cache: Path) -> None:

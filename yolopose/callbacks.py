@@ -3,6 +3,7 @@ precise BatchNorm."""
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterable
@@ -11,10 +12,36 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from yolopose.viz import draw_poses, side_by_side
+
+log = logging.getLogger("yolopose")
+
+RUN_KEY = "yolopose_run"
+"""Checkpoint entry naming the TensorBoard run folder that wrote it: ``{"save_dir", "name", "version"}``."""
+
+
+def last_checkpoint_folder(last_dirpath: str | None, best_dirpath: str | None) -> Path | None:
+    """The one rule for where ``last.ckpt`` lives, used by its writer and by ``--ckpt_path last``:
+    ``last_checkpoint.dirpath`` when set, else the best checkpoint's ``checkpoint.dirpath`` when set, else
+    ``None``: the run's own ``<save_dir>/<logger name>/version_N/checkpoints`` (known once the run has a version).
+    """
+    folder = last_dirpath or best_dirpath
+    return Path(folder) if folder else None
+
+
+def run_of(checkpoint: dict, path: Path) -> dict | None:
+    """The run folder ``{"save_dir", "name", "version"}`` a checkpoint at ``path`` belongs to: read off the path
+    when it sits in the default layout ``<save_dir>/<name>/<version>/checkpoints/`` (right even after the whole
+    folder was moved), else as the checkpoint recorded it (``RUN_KEY``), else ``None``."""
+    if path.parent.name == "checkpoints" and path.parents[1].name.startswith("version_") and len(path.parents) > 3:
+        return {"save_dir": str(path.parents[3]), "name": path.parents[2].name, "version": path.parents[1].name}
+    run = checkpoint.get(RUN_KEY)
+    return dict(run) if isinstance(run, dict) and {"save_dir", "name", "version"} <= set(run) else None
 
 
 class LastCheckpoint(Checkpoint):
@@ -27,7 +54,14 @@ class LastCheckpoint(Checkpoint):
       after it), so it holds that validation's bookkeeping and any statistics recomputed before it,
     - at the last step of a ``max_steps`` run (a mid-epoch state, which resumes exactly), and at the end of
       ``fit`` when the final step is not saved yet, so after a finished run ``last.ckpt`` holds the final
-      global step (what export and a resume should start from).
+      global step (what export and a resume should start from),
+    - at the step where the run is told to stop: a ``max_time`` / early-stopping stop (``trainer.should_stop``),
+      a SIGTERM (what SLURM and Kubernetes send before a kill; the process then exits with 143), Ctrl-C or an
+      exception (written from ``on_exception``, by rank 0 alone: the other ranks may never arrive); the state of
+      the last completed optimiser step, so ``--ckpt_path last`` loses nothing.
+
+    Every checkpoint also records its TensorBoard run folder (``RUN_KEY``), so a resume writes its logs and
+    checkpoints back into the run it continues (``train.py``).
 
     It rewrites one file in place, so there is never a ``last-v1.ckpt``; the best checkpoint is
     ``ModelCheckpoint``'s business and a separate file. Writes go through the Trainer's ``CheckpointIO``
@@ -40,7 +74,7 @@ class LastCheckpoint(Checkpoint):
 
     Args:
         every_n_train_steps: optimiser steps between writes (0 turns the step count off).
-        dirpath: folder of ``last.ckpt``; default: the best checkpoint's folder (``<log_dir>/checkpoints``).
+        dirpath: folder of ``last.ckpt``; default: the best checkpoint's folder (``last_checkpoint_folder``).
     """
 
     FILE_NAME = "last.ckpt"
@@ -53,6 +87,7 @@ class LastCheckpoint(Checkpoint):
         self._folder: Path | None = Path(dirpath) if dirpath else None
         self._saved_step: int | None = None
         self._at_epoch_end = False  # a validation ran on the epoch's last batch: write at the epoch's end
+        self._training = False      # between on_train_start and on_train_end: a state worth saving exists
 
     @property
     def path(self) -> Path | None:
@@ -65,20 +100,25 @@ class LastCheckpoint(Checkpoint):
             raise ValueError("LastCheckpoint must come after every ModelCheckpoint in the Trainer's callbacks")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._saved_step, self._at_epoch_end = None, False
-        if self.dirpath:
-            return
+        self._saved_step, self._at_epoch_end, self._training = None, False, False
         best = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-        folder = getattr(best, "dirpath", None)  # resolved (and broadcast) in the ModelCheckpoint's setup
-        # trainer.log_dir is a collective: every rank runs this hook, so every rank asks.
-        self._folder = Path(folder) if folder else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        # The best checkpoint's dirpath was resolved (and broadcast) in its setup: the set one, or the run's own.
+        self._folder = last_checkpoint_folder(self.dirpath, getattr(best, "dirpath", None))
+        if self._folder is None:  # trainer.log_dir is a collective: every rank runs this hook, so every rank asks
+            self._folder = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After any restore: the resumed step is on disk already, and a crash before the next step rewrites nothing.
+        self._saved_step, self._training = trainer.global_step, True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         n, step = self.every_n_train_steps, trainer.global_step
-        # The last step of a max_steps run is written here too: a mid-epoch state, which resumes exactly
-        # (on_train_end comes after Lightning has closed the cut epoch as if it were complete).
-        if step > 0 and (n and step % n == 0 or 0 < trainer.max_steps <= step):
+        # The last step of a max_steps run and a step after which the run stops (max_time, early stopping,
+        # SIGTERM) are written here: a mid-epoch state, which resumes exactly (on_train_end comes after Lightning
+        # has closed the cut epoch as if it were complete, and a resume would skip the rest of it).
+        stopping = trainer.should_stop or trainer.received_sigterm
+        if step > 0 and (n and step % n == 0 or 0 < trainer.max_steps <= step or stopping):
             self._save(trainer, again=False)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -97,6 +137,35 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer, again=False)
+        self._training = False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Ctrl-C, SIGTERM or an error while training: write the last completed step's state, on rank 0 alone
+        and without ``trainer.save_checkpoint``'s barrier (an error on one rank never brings the others there)."""
+        if not self._training or self.path is None or trainer.fast_dev_run:
+            return
+        self._training = False
+        what = ("SIGTERM" if isinstance(exception, SIGTERMException) else
+                "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else type(exception).__name__)
+        if self._saved_step != trainer.global_step:  # else written already (a SIGTERM seen at the batch's end)
+            try:
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint()
+                trainer.strategy.save_checkpoint(checkpoint, self.path)  # rank 0 writes, through the CheckpointIO
+            except Exception as exc:  # noqa: BLE001 - the original exception goes on; this one is only reported
+                log.warning("%s: last.ckpt not written (%s: %s); the previous one is kept", what,
+                            type(exc).__name__, exc)
+                return
+            self._saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            log.warning("%s at step %d: %s holds that step (continue with --ckpt_path last)", what,
+                        trainer.global_step, self.path)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Record the run folder in every checkpoint (``RUN_KEY``, read by ``run_of``)."""
+        logger = trainer.logger
+        if isinstance(logger, TensorBoardLogger):
+            checkpoint[RUN_KEY] = {"save_dir": str(logger.save_dir), "name": logger.name, "version": logger.version}
 
     def _save(self, trainer: pl.Trainer, again: bool) -> None:
         """Write ``last.ckpt`` (every rank calls ``trainer.save_checkpoint``; rank 0 writes)."""

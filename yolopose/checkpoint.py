@@ -31,7 +31,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def first_readable(paths: Sequence[Path], skipped: Callable[[CheckpointError], None]) -> tuple[Path, dict]:
-    """The first of ``paths`` that reads as a yolopose checkpoint, with its hyperparameters.
+    """The first of ``paths`` that reads as a yolopose checkpoint, with the checkpoint (``read_checkpoint``).
 
     Args:
         paths: candidates, the preferred (newest) first.
@@ -42,7 +42,7 @@ def first_readable(paths: Sequence[Path], skipped: Callable[[CheckpointError], N
     errors: list[CheckpointError] = []
     for path in paths:
         try:
-            return path, read_checkpoint(path)["hyper_parameters"]
+            return path, read_checkpoint(path)
         except CheckpointError as exc:
             errors.append(exc)
             skipped(exc)

@@ -14,9 +14,10 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import CheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from yolopose.callbacks import LastCheckpoint
-from yolopose.checkpoint import CheckpointError, checkpoint_hparams, first_readable
+from yolopose.callbacks import LastCheckpoint, last_checkpoint_folder, run_of
+from yolopose.checkpoint import CheckpointError, first_readable, read_checkpoint
 from yolopose.checkpoint_io import AtomicCheckpointIO
 from yolopose.configs import config_files, shipped
 from yolopose.data.datamodule import PoseDataModule
@@ -64,11 +65,14 @@ def resolve_configs(args: list[str]) -> list[str]:
 log = logging.getLogger("yolopose")
 
 
-def find_last_checkpoints(root: Path) -> list[Path]:
-    """Every ``<root>/<logger name>/version_N/checkpoints/last*.ckpt``, newest first (only that layout is
-    searched, so a ``default_root_dir`` that also holds a dataset is not crawled; ``last-v1.ckpt`` and the
-    like are what older versions of yolopose left)."""
-    found = [(p.stat().st_mtime, p) for p in root.glob("*/version_*/checkpoints/last*.ckpt")]
+def find_last_checkpoints(root: Path, folder: Path | None = None) -> list[Path]:
+    """The ``last*.ckpt`` files a ``--ckpt_path last`` may resume from, newest first: those in ``folder`` when
+    the run writes ``last.ckpt`` into a folder of its own (``callbacks.last_checkpoint_folder``), else every
+    ``<root>/<logger name>/version_N/checkpoints/last*.ckpt`` (only that layout is searched, so a
+    ``default_root_dir`` that also holds a dataset is not crawled; ``last-v1.ckpt`` and the like are what older
+    versions of yolopose left)."""
+    paths = folder.glob("last*.ckpt") if folder is not None else root.glob("*/version_*/checkpoints/last*.ckpt")
+    found = [(p.stat().st_mtime, p) for p in paths]
     return [p for _, p in sorted(found, key=lambda mp: (-mp[0], str(mp[1])))]
 
 
@@ -110,7 +114,7 @@ class PoseCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand) if self.subcommand else self.config
-        self._resume_version, self._resume_hparams = None, None
+        self._checked: tuple[str, dict, dict | None] | None = None  # (path, hyperparameters, run folder)
         if cfg is None:
             return
         if cfg.get("checkpoint") and cfg["checkpoint"].get("save_last"):
@@ -123,16 +127,17 @@ class PoseCLI(LightningCLI):
         if cfg.get("ckpt_path") != "last":
             return
         root = Path(cfg["trainer"]["default_root_dir"] or ".")
-        candidates = find_last_checkpoints(root)
+        folder = last_checkpoint_folder((cfg.get("last_checkpoint") or {}).get("dirpath"),
+                                        (cfg.get("checkpoint") or {}).get("dirpath"))
+        candidates = find_last_checkpoints(root, folder)
         if not candidates:
-            rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
+            rank_zero_warn(f"--ckpt_path last: no last.ckpt in {folder or root}; starting a new run")
             cfg["ckpt_path"] = None
             return
-        last, hparams = first_readable(candidates, _warn_skipped)  # none readable: the newest one's error
+        last, ckpt = first_readable(candidates, _warn_skipped)  # none readable: the newest one's error
         rank_zero_info(f"resuming from {last}")
         cfg["ckpt_path"] = str(last)
-        self._resume_version = last.parent.parent.name
-        self._resume_hparams = (str(last), hparams)
+        self._checked = (str(last), ckpt["hyper_parameters"], run_of(ckpt, last))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The Trainer, with atomic checkpoint writes unless a ``CheckpointIO`` plugin was given."""
@@ -147,19 +152,24 @@ class PoseCLI(LightningCLI):
         path = cfg.get("ckpt_path")
         if not path or path in ("best", "last", "hpc", "registry"):
             return
-        known = getattr(self, "_resume_hparams", None)
-        hp = known[1] if known and known[0] == str(path) else checkpoint_hparams(path)
+        known = getattr(self, "_checked", None)
+        if not known or known[0] != str(path):
+            ckpt = read_checkpoint(path)
+            known = (str(path), ckpt["hyper_parameters"], run_of(ckpt, Path(path)))
+            del ckpt
+        _, hp, run = known
         dm = self.datamodule
         if int(hp["num_keypoints"]) != dm.num_keypoints or int(hp.get("num_classes", 1)) != dm.num_classes:
             raise ConfigError(
                 f"{path}: checkpoint has K={hp['num_keypoints']} keypoints and C={hp.get('num_classes', 1)} "
                 f"classes but the dataset has K={dm.num_keypoints}, C={dm.num_classes}")
-        # Continue a resumed run in its own log directory, so TensorBoard curves carry on.
-        version = getattr(self, "_resume_version", None)
-        logger = self.trainer.logger
-        if version and isinstance(logger, TensorBoardLogger) and version.startswith("version_"):
-            self.trainer.loggers = [TensorBoardLogger(logger.save_dir, name=logger.name, version=version,
+        # A resumed fit continues in its own run folder (its logger name and version, whatever this command's
+        # logger is called): TensorBoard curves carry on, checkpoints land beside the ones the best checkpoint's
+        # restored bookkeeping names, and no other run's last.ckpt is written over.
+        if self.subcommand == "fit" and run and isinstance(self.trainer.logger, TensorBoardLogger):
+            self.trainer.loggers = [TensorBoardLogger(run["save_dir"], name=run["name"], version=run["version"],
                                                       default_hp_metric=False)]
+            rank_zero_info(f"logging into the resumed run's folder {self.trainer.logger.log_dir}")
 
     def before_fit(self) -> None:
         self._check_checkpoint()
@@ -198,6 +208,9 @@ def main(args: list[str] | None = None) -> None:
     except (ConfigError, CheckpointError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:  # last.ckpt was written at the step it stopped (LastCheckpoint.on_exception)
+        print("stopped by SIGTERM; continue with --ckpt_path last", file=sys.stderr)
+        sys.exit(128 + 15)
     finally:
         # Lightning leaves the DDP process group open; left to interpreter shutdown, gloo's threads were seen
         # to abort a finished run ("terminate called without an active exception", exit -6).
