@@ -66,8 +66,9 @@ class SameImageData(pl.LightningDataModule):
                           collate_fn=lambda idx: _collate(self.dataset, idx))
 
 
-def one_step(out: Path, devices: int, batch: int, accumulate: int) -> None:
-    """One SGD step (no momentum, warm-up, clipping or EMA) from the seed-0 model; ``out/{before,after}.pt``."""
+def one_step(out: Path, devices: int, batch: int, accumulate: int, images: int = 8, steps: int = 1) -> None:
+    """``steps`` SGD steps (no momentum, warm-up, clipping or EMA) from the seed-0 model on ``images`` images;
+    ``out/{before,after}.pt``."""
     from yolopose.module import PoseModule
 
     torch.manual_seed(0)
@@ -78,10 +79,10 @@ def one_step(out: Path, devices: int, batch: int, accumulate: int) -> None:
     if os.environ.get("LOCAL_RANK", "0") == "0":
         torch.save({k: v.detach().clone() for k, v in module.model.named_parameters()}, out / "before.pt")
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                         max_steps=1, accumulate_grad_batches=accumulate, limit_val_batches=0, logger=False,
+                         max_steps=steps, accumulate_grad_batches=accumulate, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, precision="64-true")
-    trainer.fit(module, datamodule=SameImageData(batch))
+    trainer.fit(module, datamodule=SameImageData(batch, images))
     if trainer.is_global_zero:
         torch.save({k: v.detach().clone() for k, v in module.model.named_parameters()}, out / "after.pt")
 
@@ -130,6 +131,16 @@ def test_accumulation_gives_the_update_of_the_whole_batch(tmp_path: Path, one_th
                                                           reference: dict[str, torch.Tensor]) -> None:
     one_step(tmp_path, devices=1, batch=2, accumulate=2)
     _check(reference, _update(tmp_path))
+
+
+def test_a_short_last_accumulation_window_weighs_its_images_as_one_device_does(tmp_path: Path,
+                                                                               one_thread: None) -> None:
+    """6 images, batch 2 x accumulation 2: the epoch's second window has one batch. Its step must be the step
+    of one device given those 2 images as its last, short batch (batch 4: 4 + 2 images): every image weighs
+    the same in every step, whatever the window it falls in."""
+    one_step(tmp_path / "one", devices=1, batch=4, accumulate=1, images=6, steps=2)
+    one_step(tmp_path / "acc", devices=1, batch=2, accumulate=2, images=6, steps=2)
+    _check(_update(tmp_path / "one"), _update(tmp_path / "acc"))
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""``--ckpt_path last`` resumes the run where it stopped, whatever the flags: where last.ckpt is written, which
-logger folder the run had, how it was stopped (max_time, SIGTERM, Ctrl-C, an exception)."""
+"""A run does what its flags say: ``--ckpt_path last`` resumes where it stopped, wherever last.ckpt is written,
+whichever logger folder the run had and however it was stopped (max_time, SIGTERM, Ctrl-C, an exception);
+the warm-up and the decay follow the run's real length."""
 from __future__ import annotations
 
 import os
@@ -166,3 +167,25 @@ def test_sigterm_writes_last_ckpt_at_the_current_step_and_the_run_resumes(tmp_pa
     after = read_checkpoint(last)
     assert after["global_step"] == stopped + 2
     assert int(after["state_dict"]["ema.updates"]) == stopped + 2  # the EMA went on from the SIGTERM step
+
+
+@pytest.mark.parametrize(("flags", "total", "warmup"), [
+    (["--trainer.max_epochs=-1", "--trainer.max_steps", "40"], 40, 6),        # max_steps alone: not all warm-up
+    (["--trainer.max_epochs", "10", "--trainer.max_steps", "20"], 20, 6),     # max_steps cuts a longer config
+    (["--trainer.max_epochs", "10"], 60, 6),
+    (["--trainer.max_epochs=-1", "--trainer.max_steps", "40", "--trainer.accumulate_grad_batches", "4"], 40, 2),
+], ids=["max-steps-only", "max-steps-under-max-epochs", "max-epochs", "accumulation"])
+def test_warmup_is_measured_in_epochs_of_steps_and_the_decay_spans_the_real_run(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], total: int,
+        warmup: int) -> None:
+    seen = {}
+
+    def on_train_start(self: PoseModule) -> None:
+        seen["schedule"] = self.schedule
+        self.trainer.should_stop = True  # the schedule is all this test needs
+
+    monkeypatch.setattr(PoseModule, "on_train_start", on_train_start)
+    # 24 images / batch 4 = 6 batches per epoch; one epoch of warm-up (at least 1 step).
+    main(["fit", "--config", str(tiny_config(tmp_path, cache)), "--model.warmup_epochs", "1",
+          "--model.warmup_min_steps", "1", *flags])
+    assert (seen["schedule"].total_steps, seen["schedule"].warmup_steps) == (total, warmup)

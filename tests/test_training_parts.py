@@ -139,7 +139,8 @@ def test_module_builds_the_configured_optimizer() -> None:
     for name, cls in (("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)):
         module = PoseModule(variant="n", width=0.125, num_keypoints=3, optimizer=name)
         trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=8), accumulate_grad_batches=1,
-                                  estimated_stepping_batches=100, max_epochs=10)
+                                  estimated_stepping_batches=100, max_epochs=10, train_dataloader=[],
+                                  num_training_batches=10)
         module.trainer = trainer  # type: ignore[assignment]
         opt = module.configure_optimizers()
         assert type(opt) is cls

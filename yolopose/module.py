@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +49,8 @@ class PoseModule(pl.LightningModule):
             devices x ``accumulate_grad_batches``), so ``lr`` is the step size of a nominal batch of
             ``nominal_batch_size`` images whatever the device count; ``weight_decay`` is for that nominal batch
             and is scaled by ``images per step / nominal_batch_size`` (the same decay per epoch at any scale).
-        warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up.
+        warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up: ``warmup_epochs`` epochs of
+            optimiser steps (at least ``warmup_min_steps``, at most the run), whatever ends the run.
         ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
         conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
         max_bad_steps: consecutive non-finite losses after which training stops with an error.
@@ -257,15 +259,32 @@ class PoseModule(pl.LightningModule):
         wd = hp.weight_decay * batch * per_step / hp.nominal_batch_size   # images per optimiser step / nominal
         groups = parameter_groups(self.model, wd)
         opt = build_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.nesterov)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        epochs = max(self.trainer.max_epochs or 1, 1)
-        warmup = min(max(round(hp.warmup_epochs * total / epochs), hp.warmup_min_steps), total)
+        total, per_epoch = self._run_length()
+        warmup = min(max(round(hp.warmup_epochs * per_epoch), hp.warmup_min_steps), total)
         # Adam-type steps are ~lr per parameter whatever the gradient, so a bias LR of 0.1 would throw the
         # biases around: with AdamW the biases warm up from 0 like every other group.
         bias_lr = hp.warmup_bias_lr if hp.optimizer == "sgd" else 0.0
         self.schedule = WarmupSchedule(hp.lr, hp.lr_final, total, warmup, hp.momentum, hp.warmup_momentum,
                                        bias_lr, hp.schedule)
         return opt
+
+    def _run_length(self) -> tuple[int, int]:
+        """``(optimiser steps of the whole run, optimiser steps per epoch)``: the run's real total (``max_steps``
+        and ``max_epochs``, whichever ends it first) for the decay, and the epoch's steps (its batches over
+        ``accumulate_grad_batches``, the last window counted) that ``warmup_epochs`` is measured in.
+
+        Raises:
+            ValueError: neither ``max_epochs`` nor ``max_steps`` ends the run (the decay needs its length).
+        """
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("the LR schedule needs the run's length: set trainer.max_epochs or trainer.max_steps")
+        if trainer.train_dataloader is None:   # estimated_stepping_batches does not load it for max_epochs -1
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        per_epoch = total if batches == float("inf") else math.ceil(batches / trainer.accumulate_grad_batches)
+        return max(int(total), 1), max(int(per_epoch), 1)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Set this step's LR and momentum, step, then update the EMA (not after a skipped step)."""
