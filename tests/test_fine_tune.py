@@ -14,6 +14,8 @@ from yolopose.cli import main
 from yolopose.module import PoseModule
 from yolopose.nn.model import YOLOPose
 
+import tiny_run
+
 pytestmark = pytest.mark.slow
 TINY = {"variant": "n", "width": 0.125, "kpt_head_depth": 1}
 
@@ -34,7 +36,7 @@ def test_k17_checkpoint_initialises_backbone_neck_and_box_head_of_a_k5_model(tmp
     torch.manual_seed(1)
     model = YOLOPose(num_keypoints=5, **TINY)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    report = init_weights_from(model, tmp_path / "k17.ckpt")
+    report, _ = init_weights_from(model, tmp_path / "k17.ckpt")
     assert "\n" not in report and "EMA weights" in report and "K=17" in report
     assert "head.kpt.0.1" in report                      # the K-sized prediction conv of level 0: fresh
     after = model.state_dict()
@@ -110,3 +112,36 @@ def test_init_from_nothing_that_fits_stops_with_one_line(tmp_path: Path, write_c
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "wide.ckpt" in err and "fits this model" in err
+
+
+def test_a_detector_run_leaves_the_keypoint_branch_at_its_init_and_init_from_leaves_it_fresh(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    start: dict = {}
+
+    def on_train_start(self: PoseModule) -> None:
+        start.update({k: v.clone() for k, v in self.model.state_dict().items()})
+
+    monkeypatch.setattr(PoseModule, "on_train_start", on_train_start)
+    # Detector first with a weight decay so high that 6 steps would shrink any decayed weight visibly.
+    main(["fit", "--config", str(tiny_run.tiny_config(tmp_path, cache)), "--trainer.max_steps", "6",
+          "--model.kpt_weight", "0", "--model.kpt_conf_weight", "0", "--model.optimizer", "sgd",
+          "--model.lr", "0.05", "--model.weight_decay", "20", "--model.warmup_min_steps", "0",
+          "--model.warmup_epochs", "0"])
+    path = tiny_run.run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    ckpt = read_checkpoint(path)
+    assert ckpt["global_step"] == 6 and ckpt["yolopose_untrained"] == ["head.kpt"]
+    trained = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    kpt = [k for k in trained if k.startswith("head.kpt.") and trained[k].is_floating_point()
+           and "running_" not in k]
+    assert kpt and all(torch.equal(trained[k], start[k]) for k in kpt)          # no update, no decay
+    assert not torch.equal(trained["head.det.0.weight"], start["head.det.0.weight"])  # the detector trained
+    # The pose run that starts from it: the detector is copied, the never-trained keypoint branch is not.
+    torch.manual_seed(3)
+    model = YOLOPose(num_keypoints=17, **TINY)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report, copied = init_weights_from(model, path)
+    assert "head.kpt never trained in the checkpoint: left fresh" in report
+    assert copied and not any(layer.startswith("head.kpt") for layer in copied)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], fresh[k]) for k in after if k.startswith("head.kpt."))
+    assert torch.equal(after["head.det.0.weight"], ckpt["state_dict"]["ema.module.head.det.0.weight"])

@@ -57,15 +57,34 @@ def checkpoint_hparams(path: str | Path) -> dict:
 NOT_WEIGHTS = ("anchors", "num_batches_tracked")
 """State entries ``init_from`` never copies: the anchors are configuration, BatchNorm's step counter is not a weight."""
 
+UNTRAINED_KEY = "yolopose_untrained"
+"""Checkpoint entry: the model's parts (module prefixes such as ``head.kpt``) that were never trained, which
+``init_from`` leaves fresh (``PoseModule`` writes it)."""
 
-def init_weights_from(model: nn.Module, path: str | Path) -> str:
+KEYPOINT_BRANCH = "head.kpt"
+
+
+def untrained_parts(ckpt: dict) -> list[str]:
+    """The parts of a checkpoint's model that were never trained: as recorded (``UNTRAINED_KEY``), else, for a
+    checkpoint from before the record, the keypoint branch of a run whose keypoint losses were all off."""
+    if UNTRAINED_KEY in ckpt:
+        return list(ckpt[UNTRAINED_KEY])
+    hp = ckpt["hyper_parameters"]
+    off = all(float(hp.get(k, 1.0)) == 0 for k in ("kpt_weight", "kpt_conf_weight")) and \
+        not float(hp.get("kpt_l1_weight", 0.0))
+    return [KEYPOINT_BRANCH] if off else []
+
+
+def init_weights_from(model: nn.Module, path: str | Path) -> tuple[str, set[str]]:
     """Copy into ``model`` (a ``YOLOPose``) every layer of a yolopose checkpoint whose tensors all match by name and
-    shape; everything else keeps its fresh initialisation. Returns the one-line report.
+    shape and that the checkpoint's run trained; everything else keeps its fresh initialisation. Returns the
+    one-line report and the names of the layers copied.
 
     The checkpoint's EMA weights are used when it has them (the weights it validated and exports), else its
     raw model weights. A layer (a module's parameters and buffers: a conv's weight and bias, a BatchNorm's
     affine and statistics) is copied whole or not at all, so no layer mixes two initialisations. Across K the
-    keypoint branch's last conv is left fresh; across variants nothing fits (every width differs).
+    keypoint branch's last conv is left fresh; across variants nothing fits (every width differs). Parts the
+    checkpoint never trained (``untrained_parts``: a detector-first run's keypoint branch) are left fresh too.
 
     Raises:
         CheckpointError: unreadable file, or not a single layer fits.
@@ -79,7 +98,9 @@ def init_weights_from(model: nn.Module, path: str | Path) -> str:
     for name in target:
         if name.rsplit(".", 1)[-1] not in NOT_WEIGHTS:
             layers[name.rpartition(".")[0]].append(name)
-    fits = {layer: all(n in source and source[n].shape == target[n].shape for n in names)
+    untrained = untrained_parts(ckpt)
+    never = {layer for layer in layers if any(layer == p or layer.startswith(p + ".") for p in untrained)}
+    fits = {layer: layer not in never and all(n in source and source[n].shape == target[n].shape for n in names)
             for layer, names in layers.items()}
     copied = {n: source[n] for layer, names in layers.items() if fits[layer] for n in names}
     hp = ckpt["hyper_parameters"]
@@ -97,9 +118,11 @@ def init_weights_from(model: nn.Module, path: str | Path) -> str:
     fresh = sorted(layer for layer, ok in fits.items() if not ok)
     shown = ", ".join(fresh[:4]) + (f" and {len(fresh) - 4} more" if len(fresh) > 4 else "")
     summary = ", ".join(f"{part} {ok}/{n}" for part, (ok, n) in parts.items())
-    return (f"init_from {path} ({'EMA' if prefix == 'ema.module.' else 'model'} weights, variant "
-            f"{hp.get('variant')}, K={hp.get('num_keypoints')}): loaded {sum(fits.values())} of {len(fits)} layers "
-            f"({summary}); freshly initialised: {shown or 'none'}")
+    skipped = f" ({', '.join(untrained)} never trained in the checkpoint: left fresh)" if never else ""
+    report = (f"init_from {path} ({'EMA' if prefix == 'ema.module.' else 'model'} weights, variant "
+              f"{hp.get('variant')}, K={hp.get('num_keypoints')}): loaded {sum(fits.values())} of {len(fits)} "
+              f"layers ({summary}); freshly initialised: {shown or 'none'}{skipped}")
+    return report, {layer for layer, ok in fits.items() if ok}
 
 
 def trained_image_size(ckpt: dict) -> int | None:

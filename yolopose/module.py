@@ -12,7 +12,7 @@ import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info
 
 from yolopose.assigner import AnchorAssigner
-from yolopose.checkpoint import init_weights_from
+from yolopose.checkpoint import KEYPOINT_BRANCH, UNTRAINED_KEY, init_weights_from
 from yolopose.ema import ModelEMA
 from yolopose.evaluation import ValidationEvaluator
 from yolopose.geometry import decode, default_sigmas
@@ -51,6 +51,8 @@ class PoseModule(pl.LightningModule):
             and is scaled by ``images per step / nominal_batch_size`` (the same decay per epoch at any scale).
         warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up: ``warmup_epochs`` epochs of
             optimiser steps (at least ``warmup_min_steps``, at most the run), whatever ends the run.
+        (With ``kpt_weight``, ``kpt_conf_weight`` and ``kpt_l1_weight`` all 0 the keypoint branch is frozen at its
+        initialisation, weight decay included, and checkpoints record it as never trained.)
         ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
         conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
         max_bad_steps: consecutive non-finite losses after which training stops with an error.
@@ -129,6 +131,12 @@ class PoseModule(pl.LightningModule):
                                   kpt_l1_weight=kpt_l1_weight, reduction=loss_reduction,
                                   kpt_normaliser=kpt_normaliser)
         self.sigmas = sig.tolist()
+        # Keypoint losses all off (a detector-first run): the keypoint branch gets no gradient, so it must get no
+        # update either (weight decay alone would shrink it to nothing); checkpoints record it as never trained.
+        self.untrained: list[str] = []
+        if kpt_weight == 0 and kpt_conf_weight == 0 and kpt_l1_weight == 0:
+            self.model.head.kpt.requires_grad_(False)
+            self.untrained.append(KEYPOINT_BRANCH)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.ema = ModelEMA(self.model, ema_decay, ema_tau) if ema_decay > 0 else None
@@ -207,6 +215,11 @@ class PoseModule(pl.LightningModule):
                 "stopped; the last good checkpoint is untouched. Lower the learning rate, check the data, or "
                 "use --trainer.precision 32.")
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run keeps its lineage's record of what was never trained."""
+        if UNTRAINED_KEY in checkpoint:
+            self.untrained = [p for p in self.untrained if p in checkpoint[UNTRAINED_KEY]]
+
     def on_fit_start(self) -> None:
         """``init_from``: copy the matching layers (after any ``--ckpt_path`` restore, which then wins)."""
         path = self.hparams.init_from
@@ -215,7 +228,10 @@ class PoseModule(pl.LightningModule):
         if self.trainer.ckpt_path:
             rank_zero_info(f"init_from {path} skipped: resuming from {self.trainer.ckpt_path}")
             return
-        report = init_weights_from(self.model, path)
+        report, copied = init_weights_from(self.model, path)
+        # A branch this run does not train but that came trained from the checkpoint is not untrained any more.
+        self.untrained = [p for p in self.untrained
+                          if not any(layer == p or layer.startswith(p + ".") for layer in copied)]
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
         rank_zero_info(report)
@@ -296,7 +312,9 @@ class PoseModule(pl.LightningModule):
             self.ema.update(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse to write weights that are not finite (a ruined checkpoint must never replace a good one)."""
+        """Record the parts never trained (``init_from`` leaves them fresh) and refuse to write weights that are not
+        finite (a ruined checkpoint must never replace a good one)."""
+        checkpoint[UNTRAINED_KEY] = list(self.untrained)
         for name, value in checkpoint["state_dict"].items():
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise FloatingPointError(f"refusing to save a checkpoint: {name} has non-finite values")
