@@ -189,3 +189,15 @@ def test_warmup_is_measured_in_epochs_of_steps_and_the_decay_spans_the_real_run(
     main(["fit", "--config", str(tiny_config(tmp_path, cache)), "--model.warmup_epochs", "1",
           "--model.warmup_min_steps", "1", *flags])
     assert (seen["schedule"].total_steps, seen["schedule"].warmup_steps) == (total, warmup)
+
+
+def test_fp16_amp_with_gradient_clipping_trains(tmp_path: Path, cache: Path) -> None:
+    """``16-mixed`` (the COCO default) with ``--trainer.gradient_clip_val``: a fused optimiser unscales its own
+    gradients, so Lightning refused to clip them at the first step. The CPU gets a real fp16 scaler here."""
+    amp = tmp_path / "amp.yaml"
+    amp.write_text(yaml.safe_dump({"trainer": {"gradient_clip_val": 1.0, "plugins": [{
+        "class_path": "pytorch_lightning.plugins.precision.MixedPrecision",
+        "init_args": {"precision": "16-mixed", "device": "cpu",
+                      "scaler": {"class_path": "torch.amp.GradScaler", "init_args": {"device": "cpu"}}}}]}}))
+    main(["fit", "--config", str(tiny_config(tmp_path, cache)), "--config", str(amp), "--trainer.max_steps", "2"])
+    assert read_checkpoint(next((tmp_path / "run").glob("*/version_0/checkpoints/last.ckpt")))["global_step"] == 2

@@ -93,6 +93,19 @@ def test_build_optimizer_fused_where_available_and_same_steps(name: str) -> None
         build_optimizer("adam", parameter_groups(a, 0.0), 0.01, 0.9, True)
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_is_chosen_only_where_its_step_runs(name: str) -> None:
+    """torch accepts ``fused=True`` for any device and refuses an unsupported one at the first ``step()``."""
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))   # a device without fused kernels
+    p.grad = torch.ones_like(p)
+    opt = build_optimizer(name, [{"params": [p]}], 0.01, 0.9, True)
+    assert not opt.defaults.get("fused")
+    opt.step()                                                # the fused optimiser raised RuntimeError here
+    cpu = [torch.nn.Parameter(torch.zeros(3))]
+    assert build_optimizer(name, [{"params": cpu}], 0.01, 0.9, True).defaults["fused"]
+    assert not build_optimizer(name, [{"params": cpu}], 0.01, 0.9, True, allow_fused=False).defaults.get("fused")
+
+
 def test_parameter_groups_cover_every_parameter_once() -> None:
     model = YOLOPose("n", num_keypoints=3)
     groups = parameter_groups(model, 5e-4)

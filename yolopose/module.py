@@ -274,7 +274,11 @@ class PoseModule(pl.LightningModule):
         per_step = self._batches_per_step() if self.trainer else 1
         wd = hp.weight_decay * batch * per_step / hp.nominal_batch_size   # images per optimiser step / nominal
         groups = parameter_groups(self.model, wd)
-        opt = build_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.nesterov)
+        # fp16 AMP with clipping: Lightning unscales the gradients to clip them, which a fused optimiser cannot allow.
+        trainer = self.trainer
+        clips = bool(getattr(trainer, "gradient_clip_val", None))
+        fp16 = getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
+        opt = build_optimizer(hp.optimizer, groups, hp.lr, hp.momentum, hp.nesterov, allow_fused=not (clips and fp16))
         total, per_epoch = self._run_length()
         warmup = min(max(round(hp.warmup_epochs * per_epoch), hp.warmup_min_steps), total)
         # Adam-type steps are ~lr per parameter whatever the gradient, so a bias LR of 0.1 would throw the

@@ -32,13 +32,28 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def fused_devices() -> set[str]:
+    """Device types torch has fused AdamW / SGD kernels for (it checks them only at ``step()``)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        return set(_get_fused_kernels_supported_devices())
+    except ImportError:  # a torch without the helper: the two devices yolopose measured
+        return {"cpu", "cuda"}
+
+
 def build_optimizer(name: Literal["sgd", "adamw"], groups: list[dict], lr: float, momentum: float,
-                    nesterov: bool) -> torch.optim.Optimizer:
+                    nesterov: bool, allow_fused: bool = True) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW (``momentum`` as beta1) over ``groups``, with torch's fused kernel
-    where this build has one for the parameters' device, else the default implementation (same maths).
+    where this build has one for every parameter's device and dtype, else the default implementation (same maths).
 
     Fused matters on CPU: one AdamW step of the ``n`` model (3.9M parameters, 2 threads) took 18 ms with the
-    default implementation and 5 ms fused (``python -m benchmarks --only optimizer --threads 2``).
+    default implementation and 5 ms fused (``python -m benchmarks --only optimizer --threads 2``). The choice is
+    made here, before training: torch accepts ``fused=True`` for any device and refuses an unsupported one only
+    at the first ``step()``.
+
+    Args:
+        allow_fused: ``False`` forces the default implementation (a fused optimiser unscales fp16 gradients
+            itself, so Lightning cannot clip them: ``PoseModule`` passes ``False`` for ``16-mixed`` + clipping).
     """
     if name == "adamw":
         cls, kwargs = torch.optim.AdamW, {"lr": lr, "betas": (momentum, 0.999)}
@@ -46,10 +61,15 @@ def build_optimizer(name: Literal["sgd", "adamw"], groups: list[dict], lr: float
         cls, kwargs = torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": nesterov}
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
-    try:
-        return cls(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):   # no fused kernel for this device / torch version
-        return cls(groups, **kwargs)
+    params = [p for g in groups for p in g["params"]]
+    devices = fused_devices()
+    fused = allow_fused and all(p.is_floating_point() and p.device.type in devices for p in params)
+    if fused:
+        try:
+            return cls(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):   # a torch whose constructor refuses (e.g. before 2.4 on CPU)
+            pass
+    return cls(groups, **kwargs)
 
 
 @dataclass
