@@ -76,6 +76,20 @@ def test_unknown_config_name_is_a_one_line_error(capsys: pytest.CaptureFixture) 
     assert resolve_configs(["fit", "--config", "{model: {variant: s}}"])[-1] == "{model: {variant: s}}"
 
 
+def test_a_config_of_an_older_layout_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A saved config naming a class path that moved (``yolopose.precise_bn`` became part of ``callbacks``) stops
+    with one line naming the old and the new path, not jsonargparse's page-long traceback."""
+    old = tmp_path / "old.yaml"
+    old.write_text("trainer:\n  callbacks:\n    - class_path: yolopose.precise_bn.PreciseBatchNorm\n")
+    for args in (["--config", str(old)], ["--trainer.callbacks+=yolopose.precise_bn.PreciseBatchNorm"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", "demo", *args, "--print_config"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err
+        assert "yolopose.precise_bn.PreciseBatchNorm is now yolopose.callbacks.PreciseBatchNorm" in err
+
+
 def test_console_scripts_point_at_entry_points() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -59,3 +59,23 @@ def test_callback_recomputes_the_evaluated_ema_copy_from_recent_batches() -> Non
         means = [ema.module[0](im.float() / 255).mean((0, 2, 3)) for im in images[1:]]  # the last two only
     assert torch.allclose(bn.running_mean, (means[0] + means[1]) / 2, atol=1e-5)
     assert not ema.module.training and torch.equal(model[1].running_mean, torch.zeros(4))
+
+
+def test_a_frozen_backbone_keeps_its_statistics() -> None:
+    """Without an EMA the evaluated network is the trained one: while ``freeze_backbone_epochs`` holds its backbone,
+    recomputing the statistics must leave the backbone's as they are (and still refresh the rest)."""
+    from yolopose.module import PoseModule
+
+    module = PoseModule(num_keypoints=5, variant="n", width=0.125, kpt_head_depth=0, ema_decay=0.0,
+                        freeze_backbone_epochs=2, channels_last=False)
+    module.trainer = SimpleNamespace(current_epoch=0)   # within the frozen epochs
+    assert module.frozen_statistics() == ["backbone"]
+    net = module.inference_model
+    backbone = {k: v.clone() for k, v in net.backbone.state_dict().items() if "running" in k}
+    neck = {k: v.clone() for k, v in net.neck.state_dict().items() if "running_mean" in k}
+    cb = PreciseBatchNorm(num_batches=1)
+    cb.on_train_batch_end(None, module, None, {"images": torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)}, 0)
+    cb.on_validation_epoch_start(_trainer(TrainerFn.FITTING), module)
+    after = net.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in backbone.items())
+    assert any(not torch.equal(net.neck.state_dict()[k], v) for k, v in neck.items())

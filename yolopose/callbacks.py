@@ -245,17 +245,22 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @torch.no_grad()
-def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor], frozen: Iterable[str] = ()) -> int:
     """Set every BatchNorm's running mean/var of ``net`` to the average over ``batches``.
 
     Args:
         net: any module; its train/eval mode and the layers' momentum are restored afterwards.
         batches: network inputs, e.g. ``(B, 3, H, W)`` float tensors on ``net``'s device (consumed one
             at a time, so a generator keeps only one converted batch alive).
+        frozen: names of submodules (e.g. ``backbone``) whose BatchNorm statistics stay as they are: they run in
+            eval mode during the passes.
     Returns:
         the number of batches used (0 leaves the statistics untouched).
     """
-    layers = [m for m in net.modules() if isinstance(m, _BN) and m.track_running_stats]
+    prefixes = tuple(f"{name}." for name in frozen)
+    norms = [(f"{name}.".startswith(prefixes), m) for name, m in net.named_modules() if isinstance(m, _BN)]
+    kept = [m for frozen_layer, m in norms if frozen_layer]
+    layers = [m for frozen_layer, m in norms if not frozen_layer and m.track_running_stats]
     batches = iter(batches)
     first = next(batches, None)
     if first is None or not layers:
@@ -266,6 +271,8 @@ def recompute_batchnorm_stats(net: nn.Module, batches: Iterable[torch.Tensor]) -
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches, not an exponential one
     net.train()
+    for m in kept:
+        m.eval()
     used = 0
     try:
         for x in itertools.chain([first], batches):
@@ -305,4 +312,5 @@ class PreciseBatchNorm(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or not self._recent:
             return
-        recompute_batchnorm_stats(pl_module.inference_model, (pl_module.to_input(x) for x in self._recent))
+        frozen = getattr(pl_module, "frozen_statistics", lambda: [])()   # e.g. a frozen backbone's: kept as they are
+        recompute_batchnorm_stats(pl_module.inference_model, (pl_module.to_input(x) for x in self._recent), frozen)

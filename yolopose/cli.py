@@ -34,6 +34,22 @@ class ConfigError(ValueError):
     """A configuration problem found before training starts."""
 
 
+MOVED = {
+    "yolopose.precise_bn.PreciseBatchNorm": "yolopose.callbacks.PreciseBatchNorm",
+    "yolopose.precise_bn.recompute_batchnorm_stats": "yolopose.callbacks.recompute_batchnorm_stats",
+    "yolopose.data.synthetic.SyntheticConfig": "yolopose.synthetic.SyntheticConfig",
+}
+"""Class paths of earlier yolopose layouts that a saved config may still name -> where they live now."""
+
+
+def check_moved(text: str, where: str) -> None:
+    """Raise a one-line ``ConfigError`` when ``text`` (a config file's or an argument's) names a moved class path."""
+    for old, new in MOVED.items():
+        if old in text:
+            raise ConfigError(f"{where}: {old} is now {new} (this config was written for an older yolopose); "
+                              f"replace the old path")
+
+
 def resolve_configs(args: list[str]) -> list[str]:
     """``args`` with every ``--config`` / ``-c`` value made file paths: a shipped config by its bare name
     (``coco_s_640``, ``coco_s_640.yaml``) or any file path, a shipped overlay preceded by its base
@@ -47,6 +63,7 @@ def resolve_configs(args: list[str]) -> list[str]:
     while i < len(args):
         flag, eq, value = args[i].partition("=")
         if flag not in ("--config", "-c") or (not eq and i + 1 >= len(args)):
+            check_moved(args[i], "command line")
             out.append(args[i])
             i += 1
             continue
@@ -56,6 +73,8 @@ def resolve_configs(args: list[str]) -> list[str]:
         if files is None and not any(c in value for c in ":{\n"):  # inline YAML goes on to jsonargparse
             raise ConfigError(f"--config {value}: no such file and no shipped config of that name "
                               f"(shipped: {', '.join(shipped())})")
+        for f in files or []:
+            check_moved(Path(f).read_text(errors="replace"), str(f))
         for f in files or [value]:
             out += [f"{flag}={f}"] if eq else [flag, str(f)]
         i += 1 if eq else 2

@@ -239,6 +239,11 @@ class PoseModule(pl.LightningModule):
     def _backbone_frozen(self) -> bool:
         return self.current_epoch < self.hparams.freeze_backbone_epochs
 
+    def frozen_statistics(self) -> list[str]:
+        """Submodules whose BatchNorm statistics are fixed now (``freeze_backbone_epochs``): ``PreciseBatchNorm``
+        leaves them as they are."""
+        return ["backbone"] if self.hparams.freeze_backbone_epochs and self._backbone_frozen() else []
+
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_backbone_epochs:
             self.model.backbone.train(not self._backbone_frozen())
