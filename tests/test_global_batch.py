@@ -6,7 +6,7 @@ means: any difference between the updates is how the loss and the weight decay s
 runs are in float64 (``precision="64-true"``): in float32 this model's gradient itself carries ~1e-3 of
 rounding noise (measured against float64: 3e-4 to 1.3e-3 depending on batch and memory layout), more than the
 1e-4 the comparison needs.
-Also runnable as a script (``python tests/test_global_batch.py OUT DEVICES BATCH ACCUMULATE``): Lightning's
+Also runnable as a script (``python tests/test_global_batch.py OUT DEVICES BATCH ACCUMULATE [ASSIGNER]``): Lightning's
 DDP launcher starts the second rank by running this file again.
 """
 from __future__ import annotations
@@ -66,7 +66,8 @@ class SameImageData(pl.LightningDataModule):
                           collate_fn=lambda idx: _collate(self.dataset, idx))
 
 
-def one_step(out: Path, devices: int, batch: int, accumulate: int, images: int = 8, steps: int = 1) -> None:
+def one_step(out: Path, devices: int, batch: int, accumulate: int, images: int = 8, steps: int = 1,
+             assigner: str = "static") -> None:
     """``steps`` SGD steps (no momentum, warm-up, clipping or EMA) from the seed-0 model on ``images`` images;
     ``out/{before,after}.pt``."""
     from yolopose.module import PoseModule
@@ -74,7 +75,7 @@ def one_step(out: Path, devices: int, batch: int, accumulate: int, images: int =
     torch.manual_seed(0)
     module = PoseModule(num_keypoints=K, variant="n", width=0.125, kpt_head_depth=0, optimizer="sgd", lr=LR,
                         momentum=0.0, nesterov=False, weight_decay=WEIGHT_DECAY, warmup_epochs=0,
-                        warmup_min_steps=0, ema_decay=0.0)
+                        warmup_min_steps=0, ema_decay=0.0, assigner=assigner)
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("LOCAL_RANK", "0") == "0":
         torch.save({k: v.detach().clone() for k, v in module.model.named_parameters()}, out / "before.pt")
@@ -104,10 +105,16 @@ def _ratio(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return float(norm_b / norm_a)
 
 
+@pytest.fixture(scope="module", params=["static", "dynamic"])
+def assigner(request: pytest.FixtureRequest) -> str:
+    """Both assignment rules: the dynamic one chooses from the predictions, which must not depend on the split."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, torch.Tensor]:
+def reference(tmp_path_factory: pytest.TempPathFactory, one_thread: None, assigner: str) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("batch4")
-    one_step(out, devices=1, batch=4, accumulate=1)
+    one_step(out, devices=1, batch=4, accumulate=1, assigner=assigner)
     return _update(out)
 
 
@@ -127,9 +134,9 @@ def _check(reference: dict[str, torch.Tensor], update: dict[str, torch.Tensor]) 
     assert float((decay - decay_ref).norm() / decay_ref.norm()) < 1e-4, "weight decay differs"
 
 
-def test_accumulation_gives_the_update_of_the_whole_batch(tmp_path: Path, one_thread: None,
+def test_accumulation_gives_the_update_of_the_whole_batch(tmp_path: Path, one_thread: None, assigner: str,
                                                           reference: dict[str, torch.Tensor]) -> None:
-    one_step(tmp_path, devices=1, batch=2, accumulate=2)
+    one_step(tmp_path, devices=1, batch=2, accumulate=2, assigner=assigner)
     _check(reference, _update(tmp_path))
 
 
@@ -144,10 +151,10 @@ def test_a_short_last_accumulation_window_weighs_its_images_as_one_device_does(t
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_give_the_update_of_the_whole_batch(tmp_path: Path,
+def test_ddp_two_processes_give_the_update_of_the_whole_batch(tmp_path: Path, assigner: str,
                                                               reference: dict[str, torch.Tensor]) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, __file__, str(tmp_path), "2", "2", "1"], env=env,
+    result = subprocess.run([sys.executable, __file__, str(tmp_path), "2", "2", "1", assigner], env=env,
                             cwd=Path(__file__).parent.parent,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -156,4 +163,5 @@ def test_ddp_two_processes_give_the_update_of_the_whole_batch(tmp_path: Path,
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    one_step(Path(sys.argv[1]), devices=int(sys.argv[2]), batch=int(sys.argv[3]), accumulate=int(sys.argv[4]))
+    one_step(Path(sys.argv[1]), devices=int(sys.argv[2]), batch=int(sys.argv[3]), accumulate=int(sys.argv[4]),
+             assigner=sys.argv[5] if len(sys.argv) > 5 else "static")

@@ -13,12 +13,14 @@ order the former per-level loop produced (offset, then anchor, then target).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields
 
 import torch
 
 # Cell offsets (x, y) tried for each target: own cell, then left, up, right, down neighbours.
 _OFFSETS = torch.tensor([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float32)
+# The diagonal neighbours (left-up, right-up, left-down, right-down) that only the dynamic rule considers.
+_DIAGONALS = torch.tensor([[1, 1], [-1, 1], [1, -1], [-1, -1]], dtype=torch.float32)
 
 
 @dataclass
@@ -61,6 +63,10 @@ class Positives(LevelTargets):
         fields = ("batch", "anchor", "gy", "gx", "box", "anchor_wh", "cls", "keypoints", "target_index")
         parts = {f: getattr(self, f).split(counts) for f in fields}
         return [LevelTargets(**{f: parts[f][i] for f in fields}) for i in range(num_levels)]
+
+    def subset(self, index: torch.Tensor) -> Positives:
+        """The positives at ``index`` (a boolean mask or increasing long indices keep the level order)."""
+        return Positives(**{f.name: getattr(self, f.name)[index] for f in dataclass_fields(self)})
 
 
 class AnchorAssigner:
@@ -108,8 +114,19 @@ class AnchorAssigner:
             )
         return self._constants[key]
 
-    def assign(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]]) -> Positives:
-        """The positives of every level at once, as ``Positives`` (see ``__call__`` for the arguments)."""
+    def assign(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]],
+               raws: list[torch.Tensor] | None = None) -> Positives:
+        """The positives of every level at once, as ``Positives`` (see ``__call__`` for the arguments).
+
+        ``raws`` (the predictions) are not used by this static rule; ``DynamicAssigner`` needs them.
+        """
+        return self.candidates(targets, grid_sizes, diagonal=False)
+
+    def candidates(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]], diagonal: bool) -> Positives:
+        """Every (level, cell, anchor, target) that passes the ratio test, in the target's own cell and the two
+        neighbours nearest its centre (plus, with ``diagonal``, the cell across that corner: the 2 x 2 block of
+        cells whose box-centre range ``-0.5..1.5`` reaches the target's centre); orphans get their best-ratio
+        anchor in their own cell only. Ordered by level, then offset, anchor and target."""
         if len(grid_sizes) != len(self.strides):
             raise ValueError(f"got {len(grid_sizes)} grid sizes for {len(self.strides)} levels")
         anchors, strides, grid_wh, offsets = self._level_constants(grid_sizes, targets.device, targets.dtype)
@@ -130,8 +147,11 @@ class AnchorAssigner:
         g = self.neighbour
         near = torch.cat((((gxy % 1) < g) & (gxy > 1), ((gxy_inv % 1) < g) & (gxy_inv > 1)), -1)
         near = near.permute(0, 2, 1)                                                           # (L, 4, T)
+        if diagonal:   # left-up, right-up, left-down, right-down: both of the corner's neighbours are near
+            near = torch.cat((near, near[:, [0, 2, 0, 2]] & near[:, [1, 1, 3, 3]]), 1)        # (L, 8, T)
+            offsets = torch.cat((offsets, _DIAGONALS.to(offsets)))
         cand = torch.cat(((match | forced)[:, None],                                           # own cell
-                          (match[:, None] & near[:, :, None, :])), 1)                          # (L, 5, A, T)
+                          (match[:, None] & near[:, :, None, :])), 1)                          # (L, 5|9, A, T)
         # Neighbours only for ratio matches: a forced (orphan) target keeps its own cell only.
         lvl, o_idx, a_idx, t_idx = cand.nonzero(as_tuple=True)
         t = targets[t_idx]

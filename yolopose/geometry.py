@@ -64,6 +64,15 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
+def paired_iou(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """IoU of matching ``(N, 4)`` cxcywh boxes (row i with row i) -> ``(N,)`` in [0, 1]."""
+    p1, p2 = pred[:, :2] - pred[:, 2:] / 2, pred[:, :2] + pred[:, 2:] / 2
+    t1, t2 = target[:, :2] - target[:, 2:] / 2, target[:, :2] + target[:, 2:] / 2
+    overlap = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0)
+    inter = overlap[:, 0] * overlap[:, 1]
+    return inter / (pred[:, 2] * pred[:, 3] + target[:, 2] * target[:, 3] - inter + eps)
+
+
 def ciou(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Complete IoU of matching ``(N, 4)`` cxcywh boxes -> ``(N,)`` in [-1.5, 1].
 

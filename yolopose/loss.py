@@ -30,6 +30,12 @@ keypoint L1    0.00     optional helper: L1 distance divided by the object scale
                         saturates: a keypoint more than ~3 s*k away gets almost no gradient, and
                         in short runs about a quarter of the limbs sit there. A small weight keeps
                         pulling them in; it is off by default (the paper's loss is OKS alone).
+keypoint NLL   0.00     optional, beside OKS: the negative log-likelihood of the keypoint under a
+                        Laplace distribution whose scale the head predicts per keypoint (``kpt_scale``),
+                        in units of COCO's ``s * 2 sigma``: ``2 log b + (|dx| + |dy|) / b`` (RLE without
+                        the flow, as RTMO / YOLO26 credit likelihood losses). Its pull does not fade
+                        with distance as OKS's does, and it weighs each keypoint by its predicted
+                        certainty. Needs the scale maps (``forward(..., scales=...)``).
 =============  =======  =======================================================================
 
 Measured against the reference formula on the same maps (docs/scaling.md), the pooled defaults give
@@ -68,8 +74,8 @@ class PoseLoss(nn.Module):
             anchor_t)``); its ``strides`` are the levels' strides.
         sigmas: ``(K,)`` OKS sigmas of the dataset (see ``yolopose.geometry.default_sigmas``).
         kpt_loss: ``"oks"`` (1 - OKS, the paper's) or ``"l1"`` (L1 distance in grid units, for the ablation).
-        box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight: see the module
-            docstring.
+        box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, kpt_nll_weight: see the
+            module docstring.
         reduction: ``pooled`` (each term's mean over all levels' positives) or ``per_level`` (the reference's:
             the mean over each level's positives, summed over the levels).
         kpt_normaliser: the OKS term's ``exp(-d^2 / N)``: ``coco`` ``N = 8 sigma^2 A`` (pycocotools' OKS) or
@@ -81,7 +87,8 @@ class PoseLoss(nn.Module):
     def __init__(self, *, num_keypoints: int, num_classes: int, assigner: AnchorAssigner, sigmas: torch.Tensor,
                  kpt_loss: Literal["oks", "l1"] = "oks", box_weight: float = 0.10, obj_weight: float = 1.0,
                  cls_weight: float = 0.5, kpt_weight: float = 0.30, kpt_conf_weight: float = 0.05,
-                 kpt_l1_weight: float = 0.0, reduction: Literal["pooled", "per_level"] = "pooled",
+                 kpt_l1_weight: float = 0.0, kpt_nll_weight: float = 0.0,
+                 reduction: Literal["pooled", "per_level"] = "pooled",
                  kpt_normaliser: Literal["coco", "reference"] = "coco", balance: list[float] | None = None,
                  eps: float = 1e-6) -> None:
         super().__init__()
@@ -95,7 +102,7 @@ class PoseLoss(nn.Module):
             raise ValueError(f"got {len(sigmas)} sigmas for {num_keypoints} keypoints")
         self.num_keypoints, self.num_classes, self.kpt_loss = num_keypoints, num_classes, kpt_loss
         self.weights = {"box": box_weight, "obj": obj_weight, "cls": cls_weight, "kpt": kpt_weight,
-                        "kpt_conf": kpt_conf_weight, "kpt_l1": kpt_l1_weight}
+                        "kpt_conf": kpt_conf_weight, "kpt_l1": kpt_l1_weight, "kpt_nll": kpt_nll_weight}
         self.balance = list(balance) if balance is not None else list(BALANCE[len(assigner.strides)])
         self.eps = eps
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float32), persistent=False)
@@ -103,8 +110,8 @@ class PoseLoss(nn.Module):
         self.strides = list(assigner.strides)
         self._cell_index_cache: dict[tuple, torch.Tensor] = {}
 
-    def forward(self, raws: list[torch.Tensor], targets: torch.Tensor,
-                ignore: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, raws: list[torch.Tensor], targets: torch.Tensor, ignore: torch.Tensor | None = None,
+                scales: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the loss.
 
         Args:
@@ -112,9 +119,11 @@ class PoseLoss(nn.Module):
             targets: ``(T, 6 + 3K)`` rows ``[batch, cls, cx, cy, w, h, (x, y, v) * K]`` in input pixels.
             ignore: optional ``(M, 5)`` rows ``[batch, x1, y1, x2, y2]``: crowd regions where unmatched
                 anchors get no objectness loss.
+            scales: the head's keypoint log-scales, one ``(B, A, H_l, W_l, K)`` map per level
+                (``YOLOPose.forward_with_scales``); without them the NLL part is 0.
         Returns:
             ``(total, parts)``: the weighted sum times the batch size (a scalar with grad), and the
-            detached unweighted parts ``box, obj, cls, kpt, kpt_conf, kpt_l1``.
+            detached unweighted parts ``box, obj, cls, kpt, kpt_conf, kpt_l1, kpt_nll``.
 
         Computed in float32 at least, whatever the precision of ``raws`` (under fp16/bf16 autocast a
         640 px coordinate would otherwise keep only 0.5 px / 4 px steps); only the gathered positives and
@@ -125,15 +134,16 @@ class PoseLoss(nn.Module):
         batch = raws[0].shape[0]
         dtype = torch.promote_types(raws[0].dtype, torch.float32)
         targets = targets.to(dtype)
-        pos = self.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws])
+        pos = self.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws], raws)
         tobjs, parts = self._positive_terms(raws, pos, dtype)
+        parts["kpt_nll"] = self._nll_term(scales, raws, pos, dtype)
         obj = raws[0].new_zeros((), dtype=dtype)
         in_h, in_w = raws[0].shape[2] * self.strides[0], raws[0].shape[3] * self.strides[0]
         for lvl, (raw, tobj) in enumerate(zip(raws, tobjs)):
             weight = self._objectness_weight(raw, lvl, ignore, tobj)
             obj = obj + self.balance[lvl] * F.binary_cross_entropy_with_logits(raw[..., 4].to(dtype), tobj, weight)
         parts["obj"] = obj * (in_h * in_w) / 640.0**2
-        parts = {name: parts[name] for name in ("box", "obj", "cls", "kpt", "kpt_conf", "kpt_l1")}
+        parts = {name: parts[name] for name in ("box", "obj", "cls", "kpt", "kpt_conf", "kpt_l1", "kpt_nll")}
         total = sum(self.weights[name] * value for name, value in parts.items()) * batch
         return total, {name: value.detach() for name, value in parts.items()}
 
@@ -196,6 +206,28 @@ class PoseLoss(nn.Module):
         parts["kpt_l1"] = ((scaled_l1 * labelled).sum(1) / (n_lab + self.eps)).sum() / n_inst
         parts["kpt_conf"] = F.binary_cross_entropy_with_logits(pk[..., 2], labelled, reduction="sum") / labelled.numel()
         return tobjs, parts
+
+    def _nll_term(self, scales: list[torch.Tensor] | None, raws: list[torch.Tensor], pos: Positives,
+                  dtype: torch.dtype) -> torch.Tensor:
+        """The keypoint NLL (module docstring) averaged like the ``kpt`` term; 0 without scales or positives."""
+        zero = raws[0].new_zeros((), dtype=dtype)
+        if scales is None or pos.batch.numel() == 0:
+            return zero
+        k, c = self.num_keypoints, self.num_classes
+        log_b = gather_positive_rows(scales, pos).to(dtype).clamp(-6.0, 6.0)          # (P, K)
+        pred = gather_positive_rows(raws, pos).to(dtype)
+        pxy = decode_keypoint_xy(pred[:, 5 + c:].reshape(-1, k, 3)[..., :2])
+        txy = pos.keypoints[..., :2]
+        unit = (pos.box[:, 2] * pos.box[:, 3]).sqrt()[:, None] * (2 * self.sigmas.to(dtype))[None]   # (P, K)
+        residual = (pxy - txy).abs().sum(-1) / (unit + self.eps)
+        nll = 2 * log_b + residual * torch.exp(-log_b)
+        labelled = (pos.keypoints[..., 2] > 0).to(dtype)
+        n_lab = labelled.sum(1)
+        if self.reduction == "per_level":
+            lab_share = 1 / raws[0].new_zeros(len(raws), dtype=dtype).index_add_(0, pos.level, n_lab).clamp(min=1)
+            return ((nll * labelled).sum(1) * lab_share[pos.level]).sum()
+        n_inst = (n_lab > 0).sum().clamp(min=1)
+        return ((nll * labelled).sum(1) / (n_lab + self.eps)).sum() / n_inst
 
     def _similarity(self, pxy: torch.Tensor, txy: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
         """``(P, K)`` OKS term; the ``reference`` normaliser ``4 sigma^2 A`` is COCO's ``8 sigma^2 A`` at half A."""

@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from yolopose.assigner import AnchorAssigner
 from yolopose.checkpoint import KEYPOINT_BRANCH, UNTRAINED_KEY, init_weights_from
+from yolopose.dynamic_assigner import DynamicAssigner
 from yolopose.ema import ModelEMA
 from yolopose.evaluation import ValidationEvaluator
 from yolopose.geometry import decode, default_sigmas
@@ -38,8 +39,11 @@ class PoseModule(pl.LightningModule):
         num_keypoints: K, from the data (no default: ``train.py`` links it from the DataModule).
         variant: model size ``n, s, m, l, x``.
         num_levels, anchors, kpt_head_depth, act, depth, width: see ``YOLOPose``.
-        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, anchor_t: see
-            ``PoseLoss`` (``anchor_t``: its ``AnchorAssigner``).
+        kpt_loss, box_weight, obj_weight, cls_weight, kpt_weight, kpt_conf_weight, kpt_l1_weight, kpt_nll_weight,
+            anchor_t: see ``PoseLoss`` (``anchor_t``: its assigner's ratio test). With ``kpt_nll_weight > 0`` the head
+            also predicts a log-scale per keypoint for the likelihood term (training only: exports are unchanged).
+        assigner: ``static`` (the paper's YOLOv5 rule, ``AnchorAssigner``) or ``dynamic`` (each person's positives
+            chosen among the anchors that fit it by a cost from the predictions, ``DynamicAssigner``).
         loss_reduction, kpt_normaliser: ``PoseLoss``'s ``reduction`` and ``kpt_normaliser`` (the COCO configs
             use the reference's ``per_level`` and ``reference``; see docs/scaling.md).
         optimizer: ``sgd`` (SGD with Nesterov momentum: the paper's recipe for long runs) or ``adamw``
@@ -51,8 +55,8 @@ class PoseModule(pl.LightningModule):
             and is scaled by ``images per step / nominal_batch_size`` (the same decay per epoch at any scale).
         warmup_epochs, warmup_min_steps, warmup_bias_lr, warmup_momentum: the warm-up: ``warmup_epochs`` epochs of
             optimiser steps (at least ``warmup_min_steps``, at most the run), whatever ends the run.
-        (With ``kpt_weight``, ``kpt_conf_weight`` and ``kpt_l1_weight`` all 0 the keypoint branch is frozen at its
-        initialisation, weight decay included, and checkpoints record it as never trained.)
+        (With ``kpt_weight``, ``kpt_conf_weight``, ``kpt_l1_weight`` and ``kpt_nll_weight`` all 0 the keypoint branch
+        is frozen at its initialisation, weight decay included, and checkpoints record it as never trained.)
         ema_decay, ema_tau: weight EMA used for validation and saved in checkpoints (``ema_decay = 0`` turns it off).
         conf_threshold, iou_threshold, max_det, top_k: validation post-processing.
         max_bad_steps: consecutive non-finite losses after which training stops with an error.
@@ -90,9 +94,11 @@ class PoseModule(pl.LightningModule):
         kpt_weight: float = 0.30,
         kpt_conf_weight: float = 0.05,
         kpt_l1_weight: float = 0.0,
+        kpt_nll_weight: float = 0.0,
         loss_reduction: Literal["pooled", "per_level"] = "pooled",
         kpt_normaliser: Literal["coco", "reference"] = "coco",
         anchor_t: float = 4.0,
+        assigner: Literal["static", "dynamic"] = "static",
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         lr_final: float = 0.01,
@@ -122,19 +128,25 @@ class PoseModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = YOLOPose(variant, num_keypoints=num_keypoints, num_classes=num_classes, num_levels=num_levels,
                               anchors=anchors, kpt_head_depth=kpt_head_depth, act=act, depth=depth, width=width,
-                              keypoint_prior=keypoint_prior)
+                              keypoint_prior=keypoint_prior, kpt_uncertainty=kpt_nll_weight > 0)
         sig = torch.tensor(sigmas, dtype=torch.float32) if sigmas is not None else default_sigmas(num_keypoints)
-        assigner = AnchorAssigner(self.model.anchors, self.model.strides, anchor_t=anchor_t)
-        self.criterion = PoseLoss(num_keypoints=num_keypoints, num_classes=num_classes, assigner=assigner, sigmas=sig,
+        if assigner == "static":
+            matcher = AnchorAssigner(self.model.anchors, self.model.strides, anchor_t=anchor_t)
+        elif assigner == "dynamic":
+            matcher = DynamicAssigner(self.model.anchors, self.model.strides, sigmas=sig, num_classes=num_classes,
+                                      anchor_t=anchor_t)
+        else:
+            raise ValueError(f"model.assigner must be 'static' or 'dynamic', got {assigner!r}")
+        self.criterion = PoseLoss(num_keypoints=num_keypoints, num_classes=num_classes, assigner=matcher, sigmas=sig,
                                   kpt_loss=kpt_loss, box_weight=box_weight, obj_weight=obj_weight,
                                   cls_weight=cls_weight, kpt_weight=kpt_weight, kpt_conf_weight=kpt_conf_weight,
-                                  kpt_l1_weight=kpt_l1_weight, reduction=loss_reduction,
+                                  kpt_l1_weight=kpt_l1_weight, kpt_nll_weight=kpt_nll_weight, reduction=loss_reduction,
                                   kpt_normaliser=kpt_normaliser)
         self.sigmas = sig.tolist()
         # Keypoint losses all off (a detector-first run): the keypoint branch gets no gradient, so it must get no
         # update either (weight decay alone would shrink it to nothing); checkpoints record it as never trained.
         self.untrained: list[str] = []
-        if kpt_weight == 0 and kpt_conf_weight == 0 and kpt_l1_weight == 0:
+        if kpt_weight == 0 and kpt_conf_weight == 0 and kpt_l1_weight == 0 and kpt_nll_weight == 0:
             self.model.head.kpt.requires_grad_(False)
             self.untrained.append(KEYPOINT_BRANCH)
         if channels_last:
@@ -178,8 +190,8 @@ class PoseModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        raws = self.model(self.to_input(batch["images"]))
-        loss, parts = self.criterion(raws, batch["targets"], batch.get("ignore"))
+        raws, scales = self.model.forward_with_scales(self.to_input(batch["images"]))
+        loss, parts = self.criterion(raws, batch["targets"], batch.get("ignore"), scales)
         self.skipped_files.update(batch.get("skipped_files", ()))
         # Every rank must agree to skip, or DDP would wait forever for the missing gradients.
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
@@ -247,6 +259,16 @@ class PoseModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.hparams.freeze_backbone_epochs:
             self.model.backbone.train(not self._backbone_frozen())
+        self._start_data_epoch()
+
+    def on_train_start(self) -> None:
+        self._start_data_epoch()   # a run resumed mid-epoch gets no on_train_epoch_start
+
+    def _start_data_epoch(self) -> None:
+        """Tell the data which epoch trains now (``close_mosaic_epochs``): the same on every rank and after a resume."""
+        start_epoch = getattr(self.trainer.datamodule, "start_epoch", None)
+        if start_epoch is not None:
+            start_epoch(self.current_epoch)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """While the backbone is frozen, drop its gradients: the optimiser skips parameters without one."""
@@ -351,8 +373,8 @@ class PoseModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         images = self.to_input(batch["images"])
         m = self.inference_model
-        raws = m(images)
-        _, parts = self.criterion(raws, batch["targets"], batch.get("ignore"))
+        raws, scales = m.forward_with_scales(images)
+        _, parts = self.criterion(raws, batch["targets"], batch.get("ignore"), scales)
         bsz = images.shape[0]
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, batch_size=bsz, sync_dist=True)
         det = self.select(raws).to("cpu")  # one device-to-host copy per batch, not five per image

@@ -13,10 +13,12 @@ Sources (``format``):
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from yolopose.data.albu import DEFAULT_ALBUMENTATIONS, AlbumentationsStage
@@ -54,6 +56,9 @@ class PoseDataModule(pl.LightningDataModule):
             crowd regions, or only people without labelled keypoints) to keep: 1 all (default), 0 none (the
             YOLO-Pose reference's and Ultralytics' COCO train set: the 56 599 of 118 287 images with a person
             with keypoints), in between a fixed random share. Validation always scores the whole split.
+        close_mosaic_epochs: the last N epochs of the run train without mosaic (single images letterboxed, with the
+            rest of the augmentation), as YOLOX and Ultralytics do; the switch follows the epoch counter, so a resumed
+            run and every DDP rank are in the same phase (``start_epoch``).
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class PoseDataModule(pl.LightningDataModule):
         albumentations: list[dict[str, Any]] | None = DEFAULT_ALBUMENTATIONS,
         val_batch_size: int | None = None,
         train_negatives: float = 1.0,
+        close_mosaic_epochs: int = 0,
     ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 64:
@@ -91,6 +97,11 @@ class PoseDataModule(pl.LightningDataModule):
             raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, "
                                f"got {batch_size}, {num_workers}")
         check_negatives_fraction(train_negatives)   # before any file is parsed
+        if close_mosaic_epochs < 0:
+            raise DatasetError(f"data.close_mosaic_epochs must be >= 0, got {close_mosaic_epochs}")
+        self.close_mosaic_epochs = close_mosaic_epochs
+        self._train_ds: TrainDataset | None = None
+        self._resume_epoch: int | None = None
         self.format = format
         # Recorded in checkpoints (``datamodule_hyper_parameters``): predict and export default to it.
         self.save_hyperparameters({"image_size": image_size}, logger=False)
@@ -162,7 +173,63 @@ class PoseDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), self.batch_size, shuffle=True)
+        self._train_ds = self.train_dataset()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            # Lightning builds this loader (and its workers prefetch) before it restores a resumed run's loops,
+            # and a run resumed mid-epoch gets no epoch-start hook: the epoch it resumes in comes from the
+            # checkpoint's own state of this DataModule (``load_state_dict``).
+            self.start_epoch(max(trainer.current_epoch, self._resume_epoch or 0))
+        return self._loader(self._train_ds, self.batch_size, shuffle=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: the epoch the run continues in when resumed from it (the same epoch for a
+        checkpoint written mid-epoch, the next one for one written after the epoch's last batch)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches
+        return {"next_epoch": int(trainer.current_epoch) + int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the epoch a resumed run continues in (before its loaders are built)."""
+        self._resume_epoch = state_dict.get("next_epoch")
+
+    def run_epochs(self) -> int | None:
+        """The epochs the attached trainer's run lasts (``max_epochs``, or fewer when ``max_steps`` ends it first);
+        None without a trainer or a length."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            world = max(int(getattr(trainer, "world_size", 1)), 1)
+            batches = math.ceil(math.ceil(len(self.train_split) / world) / self.batch_size)
+            limit = trainer.limit_train_batches
+            if limit is not None:
+                batches = min(batches, limit) if isinstance(limit, int) else max(int(batches * limit), 1)
+            per_epoch = max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
+            by_steps = math.ceil(trainer.max_steps / per_epoch)
+            epochs = by_steps if epochs is None else min(epochs, by_steps)
+        return epochs
+
+    def mosaic_at(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) trains with mosaic: all but the run's last ``close_mosaic_epochs``."""
+        if self.augment.mosaic <= 0:
+            return False
+        epochs = self.run_epochs()
+        return not (self.close_mosaic_epochs and epochs is not None and epoch >= epochs - self.close_mosaic_epochs)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch (``PoseModule.on_train_epoch_start``): switch the mosaic
+        off for the run's last ``close_mosaic_epochs`` epochs (in every loader worker, before they draw)."""
+        if self._train_ds is None:
+            return
+        on = self.mosaic_at(epoch)
+        if on != self._train_ds.mosaic_on:
+            why = "" if on else f" for the last {self.close_mosaic_epochs} epoch(s) (data.close_mosaic_epochs)"
+            rank_zero_info(f"epoch {epoch}: mosaic {'on' if on else 'off'}{why}")
+        self._train_ds.set_mosaic(on)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset(), self.val_batch_size, shuffle=False)

@@ -71,6 +71,18 @@ class TrainDataset(_Seeded):
         self.cfg = cfg
         self.max_retries = max_retries
         self._sizes: dict[int, tuple[int, int]] = {}  # decoded sizes of images the labels do not size
+        # Mosaic on (1) or off (0), in shared memory: the main process switches it between epochs
+        # (``close_mosaic``) and loader workers, forked or spawned, persistent or not, read the new value.
+        self._mosaic_on = torch.ones((), dtype=torch.uint8).share_memory_()
+
+    @property
+    def mosaic_on(self) -> bool:
+        """Whether items are drawn as mosaics (with probability ``cfg.mosaic``) or as single images."""
+        return bool(self._mosaic_on)
+
+    def set_mosaic(self, on: bool) -> None:
+        """Turn the mosaic on or off for every item drawn from now on, in every loader worker."""
+        self._mosaic_on.fill_(int(on))
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -102,7 +114,7 @@ class TrainDataset(_Seeded):
 
     def _build(self, index: int, rng: np.random.Generator) -> Item:
         indices = [index]
-        if rng.random() < self.cfg.mosaic:
+        if rng.random() < self.cfg.mosaic and self.mosaic_on:
             indices += rng.integers(0, len(self), 3).tolist()
         sizes = [self._size(i) for i in indices]
         if all(sizes):

@@ -51,20 +51,30 @@ class PoseHead(nn.Module):
         num_keypoints: K.
         kpt_head_depth: depthwise blocks in the keypoint branch (see ``keypoint_branch``).
         act: activation name.
+        kpt_uncertainty: also predict a log-scale per keypoint (``kpt_scale``, a 1x1 conv beside the keypoint
+            prediction conv), read only by the training loss's likelihood term; ``forward`` never returns it.
 
     ``forward(feats)`` maps level ``i`` ``(B, in_channels[i], H, W)`` to ``(B, A, H, W, 5 + C + 3K)``; under
     autocast the final 1x1 prediction convs run in float32 (``predict_float32``), so the maps are float32.
+    ``forward_with_scales(feats)`` returns those maps and, per level, the ``(B, A, H, W, K)`` log-scales.
     """
 
     def __init__(self, in_channels: list[int], strides: list[int], *, num_anchors: int, num_classes: int,
                  num_keypoints: int, kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu",
-                 anchors: torch.Tensor | None = None, keypoint_prior: torch.Tensor | None = None) -> None:
+                 anchors: torch.Tensor | None = None, keypoint_prior: torch.Tensor | None = None,
+                 kpt_uncertainty: bool = False) -> None:
         super().__init__()
         self.num_anchors, self.num_classes, self.num_keypoints = num_anchors, num_classes, num_keypoints
         self.det = nn.ModuleList(nn.Conv2d(c, num_anchors * (5 + num_classes), 1) for c in in_channels)
         self.kpt = nn.ModuleList(keypoint_branch(c, num_anchors * 3 * num_keypoints, kpt_head_depth, act)
                                  for c in in_channels)
+        self.kpt_scale = nn.ModuleList(nn.Conv2d(branch[-1].in_channels, num_anchors * num_keypoints, 1)
+                                       for branch in self.kpt) if kpt_uncertainty else None
         self._init_biases(strides)
+        if self.kpt_scale is not None:
+            for conv in self.kpt_scale:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         if keypoint_prior is not None and anchors is not None:
             self._init_keypoint_biases(strides, anchors, keypoint_prior)
 
@@ -101,11 +111,23 @@ class PoseHead(nn.Module):
             bias[..., :2] = 0.5 + offset / (2 * stride)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        outs = []
-        a = self.num_anchors
-        for x, det, kpt in zip(feats, self.det, self.kpt):
+        return self._run(feats, with_scales=False)[0]
+
+    def forward_with_scales(self, feats: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The raw maps and the keypoint log-scales ``(B, A, H, W, K)`` of each level (needs ``kpt_uncertainty``)."""
+        if self.kpt_scale is None:
+            raise ValueError("this head predicts no keypoint scales (built without kpt_uncertainty)")
+        return self._run(feats, with_scales=True)
+
+    def _run(self, feats: list[torch.Tensor], with_scales: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        outs, scales = [], []
+        a, k = self.num_anchors, self.num_keypoints
+        for i, (x, det, kpt) in enumerate(zip(feats, self.det, self.kpt)):
             b, _, h, w = x.shape
             d = predict_float32(det, x).view(b, a, 5 + self.num_classes, h, w)
-            k = predict_float32(kpt[-1], kpt[:-1](x)).view(b, a, 3 * self.num_keypoints, h, w)
-            outs.append(torch.cat((d, k), dim=2).permute(0, 1, 3, 4, 2).contiguous())
-        return outs
+            f = kpt[:-1](x)
+            kp = predict_float32(kpt[-1], f).view(b, a, 3 * k, h, w)
+            outs.append(torch.cat((d, kp), dim=2).permute(0, 1, 3, 4, 2).contiguous())
+            if with_scales:
+                scales.append(predict_float32(self.kpt_scale[i], f).view(b, a, k, h, w).permute(0, 1, 3, 4, 2))
+        return outs, scales

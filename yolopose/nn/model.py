@@ -54,6 +54,8 @@ class YOLOPose(nn.Module):
         depth, width: override the variant's multipliers.
         keypoint_prior: ``[K][2]`` mean keypoint offset from the box centre in box widths/heights (from the
             training data, ``LabelTable.mean_pose``): keypoint biases start at that pose (see ``PoseHead``).
+        kpt_uncertainty: the head also predicts a log-scale per keypoint for the training loss's likelihood term
+            (``forward_with_scales``); ``forward`` and every export are unchanged.
 
     ``forward(images)``: images ``(B, 3, H, W)`` float in [0, 1], ``H`` and ``W`` multiples of the
     largest stride -> list of ``num_levels`` raw tensors (decode them with ``yolopose.geometry.decode``).
@@ -63,7 +65,7 @@ class YOLOPose(nn.Module):
                  num_levels: int = 4, anchors: list[list[list[float]]] | None = None,
                  kpt_head_depth: int = PAPER_KPT_HEAD_DEPTH, act: str = "silu", depth: float | None = None,
                  width: float | None = None,
-                 keypoint_prior: list[list[float]] | None = None) -> None:
+                 keypoint_prior: list[list[float]] | None = None, kpt_uncertainty: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -86,7 +88,8 @@ class YOLOPose(nn.Module):
                              num_classes=num_classes, num_keypoints=num_keypoints, kpt_head_depth=kpt_head_depth,
                              act=act, anchors=anchor_t,
                              keypoint_prior=None if keypoint_prior is None else torch.tensor(keypoint_prior,
-                                                                                             dtype=torch.float32))
+                                                                                             dtype=torch.float32),
+                             kpt_uncertainty=kpt_uncertainty)
         self.register_buffer("anchors", anchor_t)  # (L, A, 2) pixels
 
     @property
@@ -95,3 +98,11 @@ class YOLOPose(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.head(self.neck(self.backbone(images)))
+
+    def forward_with_scales(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """``forward``'s raw maps and, with ``kpt_uncertainty``, each level's ``(B, A, H, W, K)`` keypoint log-scales
+        (else None)."""
+        feats = self.neck(self.backbone(images))
+        if self.head.kpt_scale is None:
+            return self.head(feats), None
+        return self.head.forward_with_scales(feats)

@@ -73,7 +73,7 @@ class KeypointReport:
         scale = (targets[:, 4] * targets[:, 5]).sqrt()[:, None]
         prior_err = (prior_xy - gt_xy[..., :2]).norm(dim=-1) / scale
         self.prior_errors.append(prior_err.masked_fill(gt_xy[..., 2] <= 0, np.nan))
-        pos = crit.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws])
+        pos = crit.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws], raws)
         if len(pos.level) == 0:
             return
         rows = gather_positive_rows(raws, pos)
