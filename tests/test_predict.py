@@ -208,6 +208,24 @@ def test_video_writes_annotated_video_and_json(weights: dict, media: dict, tmp_p
     assert {r["image_id"] for r in _records(tmp_path)} <= {0, 1, 2} and _records(tmp_path)
 
 
+@pytest.mark.parametrize("model", ["ckpt", "onnx"])
+def test_tracked_video_gives_track_ids_in_the_json(weights: dict, media: dict, tmp_path: Path, model: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    rc, text, err = _run(capsys, "--weights", weights[model], "--source", media["video"], "--out", tmp_path,
+                         "--conf", 0.01, "--track", "--smooth", "--trail", 5)
+    assert rc == 0, err
+    assert "3 frame(s)" in text and "tracking: " in text and "ms/frame" in text
+    records = _records(tmp_path)
+    assert records and all(set(r) == {"image_id", "category_id", "bbox", "keypoints", "score", "track_id"}
+                           for r in records)
+    assert all(isinstance(r["track_id"], int) and (r["track_id"] > 0 or r["track_id"] == -1) for r in records)
+    assert {r["track_id"] for r in records if r["image_id"] == 0} - {-1}      # first frame: confirmed at once
+    assert len([p for p in tmp_path.iterdir() if p.stem == "clip"]) == 1
+    rc, _, err = _run(capsys, "--weights", weights[model], "--source", media["scene"], "--out", tmp_path / "x",
+                      "--track")
+    assert rc == 1 and "--track needs frames over time" in err
+
+
 # --------------------------------------------------------------------------- bad input
 def _error(capsys: pytest.CaptureFixture, *args: object) -> str:
     rc, _, err = _run(capsys, *args)

@@ -2,12 +2,19 @@
 
     python predict.py --weights CKPT|model.onnx --source IMAGE|FOLDER|VIDEO|WEBCAM_INDEX --out DIR
                       [--runtime torch|onnxruntime|openvino] [--image_size S] [--show]
+                      [--track [--smooth] [--trail N] [--max-lost N]]
 
 The model runs through the inference API (``yolopose.inference.load_predictor``): every frame is
 letterboxed as in validation, detected, and mapped back to original pixels with
 ``evaluation.detections_to_records`` / ``postprocess.undo_letterbox``. Written to ``--out``: annotated images
 (same file names) or an annotated video, ``predictions.json`` (COCO results: ``image_id, category_id, bbox,
 keypoints, score``) and ``images.json`` (the ``images`` and ``categories`` of a COCO file for those ids).
+
+``--track`` (video, webcam, or a folder of frames in name order) follows people across frames
+(``yolopose.track.PoseTracker``): every record gains ``track_id`` (-1 while a person's track is not confirmed),
+people are drawn in their track's colour with its id (and a trail with ``--trail``), and ``--smooth`` reports
+One-Euro-smoothed keypoints. The detector then runs at the tracker's low threshold (0.1 unless ``--conf``), and
+the outputs keep the detections at the report threshold (0.25) plus the weaker ones that continue a track.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -26,10 +34,10 @@ import torch
 from yolopose.data.image_io import IMAGE_SUFFIXES, ImageReadError, read_image
 from yolopose.data.transforms import preprocess
 from yolopose.evaluation import detections_to_records
-from yolopose.export.contract import ExportError, ModelInfo
+from yolopose.export.contract import DEPLOY_DEFAULTS, ExportError, ModelInfo
 from yolopose.inference import OPENVINO_PRECISIONS, RUNTIMES, PredictError, Predictor, load_predictor
 from yolopose.postprocess import Detections, undo_letterbox
-from yolopose.viz import draw_poses
+from yolopose.viz import draw_poses, draw_tracks
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 __all__ = ["PredictError", "Source", "VideoSink", "annotate", "load_predictor", "main", "predict", "preprocess"]
@@ -182,8 +190,41 @@ def annotate(frame: Frame, det: Detections, meta: dict, info: ModelInfo, kpt_thr
                       det.scores.numpy())
 
 
+@dataclass
+class Tracking:
+    """``predict``'s tracking settings: the tracker and the score a detection needs to be reported on its own."""
+    tracker: object            # yolopose.track.PoseTracker (imported only when tracking)
+    report_conf: float
+    seconds: float = 0.0
+
+
+def tracked_frame(frame: Frame, det: Detections, meta: dict, info: ModelInfo, tracking: Tracking,
+                  kpt_threshold: float) -> tuple[list[dict], np.ndarray]:
+    """One frame through the tracker: its COCO records with ``track_id`` (the reported detections only) and the
+    annotated BGR frame (colour and id per track, trails)."""
+    records = detections_to_records(det, meta, info.category_ids)
+    n = len(records)
+    boxes = np.array([[r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]
+                      for r in records], np.float64).reshape(n, 4)
+    kpts = np.array([r["keypoints"] for r in records], np.float64).reshape(n, len(info.keypoint_names), 3)
+    scores = np.array([r["score"] for r in records], np.float64)
+    t0 = time.perf_counter()
+    ids = tracking.tracker.update(boxes, scores, kpts)
+    tracking.seconds += time.perf_counter() - t0
+    shown = (scores >= tracking.report_conf) | (ids > 0)
+    out = []
+    for i in np.flatnonzero(shown):
+        rec = dict(records[i], track_id=int(ids[i]))
+        rec["keypoints"] = np.round(tracking.tracker.smoothed[i].ravel(), 3).tolist()
+        out.append(rec)
+    trails = {t.id: t.trail for t in tracking.tracker.tracks if t.id and t.lost == 0}
+    bgr = draw_tracks(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR), boxes[shown], tracking.tracker.smoothed[shown],
+                      ids[shown], [tuple(p) for p in info.skeleton], kpt_threshold, trails)
+    return out, bgr
+
+
 def predict(predictor: Predictor, source: Source, out: Path, kpt_threshold: float = 0.5, show: bool = False,
-            max_frames: int = 0) -> Summary:
+            max_frames: int = 0, tracking: Tracking | None = None) -> Summary:
     """Run ``predictor`` over ``source``, write the annotated media and the JSON files into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
@@ -198,11 +239,16 @@ def predict(predictor: Predictor, source: Source, out: Path, kpt_threshold: floa
                 sink.fps = source.fps
             x, meta = preprocess(frame.image, predictor.imgsz, frame.image_id)
             det = predictor.run(x[None]).image(0)
-            records.extend(detections_to_records(det, meta, info.category_ids))
-            n_det += int(det.num_dets)
+            if tracking is None:
+                frame_records = detections_to_records(det, meta, info.category_ids)
+                vis = annotate(frame, det, meta, info, kpt_threshold)
+            else:
+                tracking.tracker.fps = source.fps   # a video's rate is known once it is open
+                frame_records, vis = tracked_frame(frame, det, meta, info, tracking, kpt_threshold)
+            records.extend(frame_records)
+            n_det += len(frame_records)
             h, w = frame.image.shape[:2]
             images.append({"id": frame.image_id, "file_name": frame.name, "height": h, "width": w})
-            vis = annotate(frame, det, meta, info, kpt_threshold)
             if sink is not None:
                 sink.write(vis)
             else:
@@ -257,6 +303,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: all)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime / torch threads")
     p.add_argument("--show", action="store_true", help="also show each result in a window (needs a display)")
+    p.add_argument("--track", action="store_true",
+                   help="follow people across frames (video, webcam, folder of frames): ids, colours, JSON track_id")
+    p.add_argument("--smooth", action="store_true", help="with --track: One-Euro smoothing of the keypoints")
+    p.add_argument("--trail", type=int, default=0, help="with --track: draw each person's last N box centres")
+    p.add_argument("--max-lost", type=int, default=30, help="with --track: frames a lost person's track is kept")
     return p.parse_args(argv)
 
 
@@ -272,12 +323,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_display()
         out = Path(a.out)
         source = Source(a.source, out)
-        predictor = load_predictor(a.weights, a.image_size, a.conf, a.iou, a.max_det, a.threads, a.runtime,
+        track_cfg = tracker_config(a, source) if a.track else None
+        conf = a.conf if a.conf is not None or track_cfg is None else track_cfg.low   # the tracker's weak stage
+        predictor = load_predictor(a.weights, a.image_size, conf, a.iou, a.max_det, a.threads, a.runtime,
                                    a.precision)
         print(f"model: {predictor.description}")
         if predictor.size_note:
             print(f"note: {predictor.size_note}")
-        s = predict(predictor, source, out, a.kpt_thr, a.show, a.max_frames)
+        tracking = None
+        if track_cfg is not None:
+            from yolopose.track import PoseTracker
+
+            report = a.conf if a.conf is not None else DEPLOY_DEFAULTS.conf
+            tracking = Tracking(PoseTracker(predictor.info.sigmas, track_cfg, source.fps), report_conf=report)
+        s = predict(predictor, source, out, a.kpt_thr, a.show, a.max_frames, tracking)
     except (PredictError, CheckpointError, ExportError, ImageReadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -285,6 +344,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     media = ", ".join(shown)  # a folder of thousands of images must not print thousands of paths
     print(f"{s.frames} {'frame' if source.kind in ('video', 'webcam') else 'image'}(s), {s.detections} "
           f"detection(s) -> {media}")
+    if tracking is not None and s.frames:
+        ids = {t.id for t in tracking.tracker.tracks if t.id} | set(range(1, tracking.tracker.next_id))
+        print(f"tracking: {len(ids)} track(s), {1000 * tracking.seconds / s.frames:.2f} ms/frame")
     if s.skipped:
         print(f"warning: {len(s.skipped)} unreadable image(s) skipped", file=sys.stderr)
     return 0
+
+
+def tracker_config(a: argparse.Namespace, source: Source) -> object:
+    """The ``TrackerConfig`` of ``--track`` (checked before the model loads)."""
+    if source.kind == "image":
+        raise PredictError("--track needs frames over time: a video, a webcam or a folder of frames")
+    if a.max_lost < 0 or a.trail < 0:
+        raise PredictError(f"--max-lost and --trail must be >= 0, got {a.max_lost}, {a.trail}")
+    from yolopose.track import TrackerConfig
+
+    return TrackerConfig(smooth=a.smooth, trail=a.trail, max_lost=a.max_lost)

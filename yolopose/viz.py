@@ -50,3 +50,29 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
     h = max(left.shape[0], right.shape[0])
     pad = lambda im: np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)))  # noqa: E731
     return np.concatenate((pad(left), np.full((h, gap, 3), 255, np.uint8), pad(right)), axis=1)
+
+
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """A stable colour per track id (grey for an untracked detection, id <= 0)."""
+    return PALETTE[(track_id - 1) % len(PALETTE)] if track_id > 0 else (150, 150, 150)
+
+
+def draw_tracks(image: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray, track_ids: np.ndarray,
+                skeleton: list[tuple[int, int]], kpt_threshold: float = 0.5,
+                trails: dict[int, list[tuple[float, float]]] | None = None) -> np.ndarray:
+    """Like ``draw_poses``, each person in its track's colour with ``#id`` above its box, and each track's trail
+    (``trails``: id -> recent box centres) as a polyline. ``track_ids (N,)``; arrays as in ``draw_poses``."""
+    out = np.ascontiguousarray(image.copy())
+    thick = max(1, round(min(out.shape[:2]) / 250))
+    for tid, pts in (trails or {}).items():
+        if len(pts) > 1:
+            cv2.polylines(out, [np.round(np.array(pts)).astype(np.int32)], False, track_color(tid), thick, cv2.LINE_AA)
+    for i in range(len(boxes)):
+        tid = int(track_ids[i])
+        c = track_color(tid)
+        out = draw_poses(out, boxes[i:i + 1], keypoints[i:i + 1], skeleton, kpt_threshold, color=c)
+        if tid > 0:
+            x1, y1 = int(round(float(boxes[i, 0]))), int(round(float(boxes[i, 1])))
+            cv2.putText(out, f"#{tid}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, c, thick,
+                        cv2.LINE_AA)
+    return out
