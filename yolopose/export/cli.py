@@ -10,6 +10,7 @@ import numpy as np
 
 from yolopose.export.contract import (DEFAULT_OPSET, DEPLOY_DEFAULTS, DYNAMO_MIN_OPSET, RAW_OUTPUT_NAME,
                                       ExportError, ExportOptions, TensorRTUnavailable)
+from yolopose.export.lowp import DEFAULT_MAX_AP_DROP
 from yolopose.export.pipeline import export_model
 from yolopose.export.tensorrt import build_engine
 
@@ -55,6 +56,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime check")
     p.add_argument("--engine", action="store_true", help="also build a TensorRT engine (next to --out, .engine)")
     p.add_argument("--fp16", action="store_true", help="FP16 TensorRT engine (the ONNX file stays FP32)")
+    p.add_argument("--int8", action="store_true",
+                   help="INT8 ONNX (QDQ, calibrated with NNCF; decode, NMS and the final head convs stay FP32), scored "
+                   "against FP32 on the validation set; with --engine an INT8 TensorRT engine from it")
+    p.add_argument("--half", action="store_true", help="FP16 ONNX for GPU runtimes (inputs, outputs, decode and NMS "
+                   "stay FP32)")
+    p.add_argument("--calib", default=None, help="--int8: folder of calibration images (default: the run's "
+                   "training images)")
+    p.add_argument("--calib-images", type=int, default=300, help="--int8: calibration images (default 300)")
+    p.add_argument("--val-ann", default=None, help="--int8/--half: COCO keypoints JSON to score FP32 vs the lower "
+                   "precision on (default: the run's validation split, from its config.yaml)")
+    p.add_argument("--val-images", default=None, help="image folder of --val-ann")
+    p.add_argument("--val-limit", type=int, default=500, help="--int8/--half: validation images scored (0: all)")
+    p.add_argument("--max-ap-drop", type=float, default=DEFAULT_MAX_AP_DROP,
+                   help=f"--int8/--half: refuse the file when kpt AP drops by more (default {DEFAULT_MAX_AP_DROP})")
     p.add_argument("--workspace", type=float, default=4.0, help="TensorRT builder workspace in GiB")
     a = p.parse_args(argv)
     if a.opset is None:
@@ -69,6 +84,10 @@ def run(a: argparse.Namespace) -> int:
     if a.fp16 and not a.engine:
         raise ExportError("--fp16 sets the TensorRT engine's precision: use it with --engine "
                           "(the ONNX graph is exported in FP32)")
+    if sum((a.int8, a.half, a.fp16)) > 1:
+        raise ExportError("choose one precision: --int8, --half (an FP16 ONNX) or --fp16 (an FP16 TensorRT engine)")
+    if (a.int8 or a.half) and not a.nms:
+        raise ExportError("--int8 and --half export the deployable graph (decode + NMS inside): drop --no-nms")
     model, info = load_deployable(a.weights)
     size = a.image_size or info.image_size
     if size is None:
@@ -77,6 +96,17 @@ def run(a: argparse.Namespace) -> int:
               "(set --image_size)")
     opts = ExportOptions(imgsz=size, opset=a.opset, dynamic=a.dynamic, batch=a.batch, nms=a.nms, conf=a.conf,
                          iou=a.iou, max_det=a.max_det, top_k=a.top_k, exporter=a.exporter)
+    if a.int8 or a.half:
+        from yolopose.export.lowp_export import export_low_precision
+
+        result = export_low_precision(model, info, a, opts)
+        for line in result.notes:
+            print(line)
+        if a.engine:
+            engine = build_engine(result.path, result.path.with_suffix(".engine"), False, size, a.dynamic, a.batch,
+                                  a.workspace, int8=a.int8)
+            print(f"wrote {engine} (TensorRT, {'INT8, explicit quantisation' if a.int8 else 'FP16 weights'})")
+        return 0
     images = None
     if a.check and a.check_image:
         from yolopose.data.image_io import read_image

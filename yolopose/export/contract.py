@@ -77,6 +77,7 @@ class ExportOptions:
     max_det: int = DEPLOY_DEFAULTS.max_det
     top_k: int = DEPLOY_DEFAULTS.top_k
     exporter: str = "torchscript"
+    half: bool = False   # the network in float16 (inputs, outputs, decode and NMS stay float32)
 
     @property
     def settings(self) -> DeploySettings:
@@ -128,6 +129,7 @@ def build_metadata(info: ModelInfo, opts: ExportOptions) -> dict[str, str]:
         "keypoint_names": json.dumps(info.keypoint_names), "skeleton": json.dumps(info.skeleton),
         "category_ids": json.dumps(info.category_ids), "sigmas": json.dumps(info.sigmas),
         "nms": "true" if opts.nms else "false", "dynamic_batch": "true" if opts.dynamic else "false",
+        "precision": "fp16" if opts.half else "fp32",
         "input": f"{INPUT_NAME} (B, 3, {opts.imgsz}, {opts.imgsz}) float32 RGB in [0, 1], letterboxed",
     }
     if info.image_size is not None:

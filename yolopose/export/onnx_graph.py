@@ -91,8 +91,8 @@ def check_options(info: ModelInfo, opts: ExportOptions) -> None:
 def deploy_module(model: YOLOPose, info: ModelInfo, opts: ExportOptions) -> nn.Module:
     """What the file computes: ``DeployModel`` with the options' settings, or ``DecodedModel`` without NMS."""
     if not opts.nms:
-        return DecodedModel(model, info.num_classes).eval()
-    return DeployModel(model, info.num_classes, opts.conf, opts.iou, opts.max_det, opts.top_k).eval()
+        return DecodedModel(model, info.num_classes, opts.half).eval()
+    return DeployModel(model, info.num_classes, opts.conf, opts.iou, opts.max_det, opts.top_k, opts.half).eval()
 
 
 def batch_dim(opts: ExportOptions) -> int | str:

@@ -10,24 +10,27 @@ log = logging.getLogger("yolopose.export")
 
 
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, fp16: bool, imgsz: int, dynamic: bool,
-                    batch: int) -> str:
+                    batch: int, int8: bool = False) -> str:
     """The ``trtexec`` command line that builds the same engine as ``build_engine``."""
     cmd = f"trtexec --onnx={onnx_path} --saveEngine={engine_path}"
     if dynamic:
         cmd += (f" --minShapes={INPUT_NAME}:1x3x{imgsz}x{imgsz} --optShapes={INPUT_NAME}:{batch}x3x{imgsz}x{imgsz}"
                 f" --maxShapes={INPUT_NAME}:{batch}x3x{imgsz}x{imgsz}")
-    return cmd + (" --fp16" if fp16 else "")
+    return cmd + (" --fp16" if fp16 else "") + (" --int8" if int8 else "")
 
 
 def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool = False, imgsz: int = 640,
-                 dynamic: bool = False, batch: int = 1, workspace_gb: float = 4.0) -> Path:
+                 dynamic: bool = False, batch: int = 1, workspace_gb: float = 4.0, int8: bool = False) -> Path:
     """Build a serialized TensorRT engine from the ONNX file with the ``tensorrt`` Python API.
+
+    ``int8``: the file is an INT8 QDQ graph (``export.py --int8``): explicit quantisation, its scales are the ones
+    the QDQ nodes hold (no TensorRT calibrator); FP16 is allowed too for the layers left in float.
 
     Raises:
         TensorRTUnavailable: ``tensorrt`` does not import (the message holds the ``trtexec`` command).
         ExportError: the parser or the builder failed.
     """
-    hint = trtexec_command(onnx_path, engine_path, fp16, imgsz, dynamic, batch)
+    hint = trtexec_command(onnx_path, engine_path, fp16, imgsz, dynamic, batch, int8)
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install failing on its CUDA libraries
@@ -47,6 +50,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, fp16: bool = Fa
     if fp16:
         if not builder.platform_has_fast_fp16:
             log.warning("this GPU has no fast FP16; building an FP16 engine anyway")
+        config.set_flag(trt.BuilderFlag.FP16)
+    if int8:
+        config.set_flag(trt.BuilderFlag.INT8)
         config.set_flag(trt.BuilderFlag.FP16)
     if dynamic:
         profile = builder.create_optimization_profile()

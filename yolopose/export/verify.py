@@ -90,7 +90,7 @@ class CheckedDeploy(nn.Module):
 def export_for_check(model: YOLOPose, info: ModelInfo, opts: ExportOptions) -> tuple[Any, DeployModel]:
     """The graph to check (``CheckedDeploy`` traced, outputs ``OUTPUT_NAMES + (decoded,)``) and the PyTorch
     ``DeployModel`` it is checked against."""
-    deploy = DeployModel(model, info.num_classes, opts.conf, opts.iou, opts.max_det, opts.top_k).eval()
+    deploy = DeployModel(model, info.num_classes, opts.conf, opts.iou, opts.max_det, opts.top_k, opts.half).eval()
     proto = export_onnx(model, info, opts, module=CheckedDeploy(deploy).eval(),
                         extra_outputs=[(DECODED, decoded_shape(model, info, opts))])
     return proto, deploy

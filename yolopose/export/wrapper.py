@@ -15,14 +15,23 @@ from yolopose.postprocess import Detections, select_detections
 
 class DecodedModel(nn.Module):
     """Network + ``geometry.decode``: ``(B, 3, S, S)`` float [0, 1] -> ``(B, N, 4 + 1 + C + 3K)`` in input
-    pixels (box xyxy, objectness, class probabilities, K x (x, y, confidence)); what ``--no-nms`` exports."""
+    pixels (box xyxy, objectness, class probabilities, K x (x, y, confidence)); what ``--no-nms`` exports.
 
-    def __init__(self, model: YOLOPose, num_classes: int) -> None:
+    ``half``: the network runs in float16 (weights and activations; ``export.py --half``), its input and its raw maps
+    are cast at the boundary, and decode (and the selection after it) stay float32."""
+
+    def __init__(self, model: YOLOPose, num_classes: int, half: bool = False) -> None:
         super().__init__()
-        self.model, self.num_classes = model, num_classes
+        self.model, self.num_classes, self.half_network = model, num_classes, half
+        if half:
+            self.model.half()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return decode(self.model(images), self.model.anchors, self.model.strides, self.num_classes)
+        if self.half_network:
+            raws = [r.float() for r in self.model(images.half())]
+        else:
+            raws = self.model(images)
+        return decode(raws, self.model.anchors.float(), self.model.strides, self.num_classes)
 
     def strides(self, size: int) -> torch.Tensor:
         """``(N,)`` the stride of the level each of the N predictions at input size ``size`` comes from."""
@@ -45,9 +54,9 @@ class DeployModel(nn.Module):
 
     def __init__(self, model: YOLOPose, num_classes: int, conf: float = DEPLOY_DEFAULTS.conf,
                  iou: float = DEPLOY_DEFAULTS.iou, max_det: int = DEPLOY_DEFAULTS.max_det,
-                 top_k: int = DEPLOY_DEFAULTS.top_k) -> None:
+                 top_k: int = DEPLOY_DEFAULTS.top_k, half: bool = False) -> None:
         super().__init__()
-        self.decoder = DecodedModel(model, num_classes)
+        self.decoder = DecodedModel(model, num_classes, half)
         self.num_classes, self.conf, self.iou, self.max_det, self.top_k = num_classes, conf, iou, max_det, top_k
 
     @property
