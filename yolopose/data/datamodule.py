@@ -59,6 +59,9 @@ class PoseDataModule(pl.LightningDataModule):
         close_mosaic_epochs: the last N epochs of the run train without mosaic (single images letterboxed, with the
             rest of the augmentation), as YOLOX and Ultralytics do; the switch follows the epoch counter, so a resumed
             run and every DDP rank are in the same phase (``start_epoch``).
+        mosaic_buffer: a mosaic's three partner tiles come from this many recently decoded images of the loader
+            worker, so an item decodes one image instead of four (``TrainDataset``; 0: partners drawn from the
+            whole split, the exact pre-buffer behaviour). docs/benchmarks.md has what it buys.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class PoseDataModule(pl.LightningDataModule):
         val_batch_size: int | None = None,
         train_negatives: float = 1.0,
         close_mosaic_epochs: int = 0,
+        mosaic_buffer: int = 64,
     ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 64:
@@ -97,8 +101,10 @@ class PoseDataModule(pl.LightningDataModule):
             raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, "
                                f"got {batch_size}, {num_workers}")
         check_negatives_fraction(train_negatives)   # before any file is parsed
-        if close_mosaic_epochs < 0:
-            raise DatasetError(f"data.close_mosaic_epochs must be >= 0, got {close_mosaic_epochs}")
+        if close_mosaic_epochs < 0 or mosaic_buffer < 0:
+            raise DatasetError(f"data.close_mosaic_epochs and data.mosaic_buffer must be >= 0, got "
+                               f"{close_mosaic_epochs}, {mosaic_buffer}")
+        self.mosaic_buffer = mosaic_buffer
         self.close_mosaic_epochs = close_mosaic_epochs
         self._train_ds: TrainDataset | None = None
         self._resume_epoch: int | None = None
@@ -160,7 +166,8 @@ class PoseDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ datasets and loaders
     def train_dataset(self) -> TrainDataset:
-        return TrainDataset(self.train_split, self.image_size, self.augment, albumentations=self.albumentations)
+        return TrainDataset(self.train_split, self.image_size, self.augment, albumentations=self.albumentations,
+                            mosaic_buffer=self.mosaic_buffer)
 
     def val_dataset(self) -> ValDataset:
         return ValDataset(self.val_split, self.image_size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from typing import Sequence
 
 import cv2
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from yolopose.data.albu import AlbumentationsStage
-from yolopose.data.augment import AugmentConfig, TrainAugment
+from yolopose.data.augment import AugmentConfig, Plan, TrainAugment
 from yolopose.data.image_io import ImageReadError
 from yolopose.data.reader import LabelledImages
 from yolopose.data.sample import Item, Sample, empty_labels
@@ -61,10 +62,14 @@ class TrainDataset(_Seeded):
         cfg: augmentation strengths.
         max_retries: consecutive unreadable images tolerated for one item before giving up.
         albumentations: the stage applied after our geometry (None: none).
+        mosaic_buffer: how many recently decoded images a mosaic's three partner tiles are drawn from (0: drawn
+            from the whole split and decoded for the item). Each item then decodes one image instead of four. The
+            buffer holds recent items' images, which the shuffled loader draws at random, so every image is still a
+            partner three times an epoch on average (Ultralytics keeps such a buffer too); per loader worker.
     """
 
     def __init__(self, reader: LabelledImages, size: int, cfg: AugmentConfig, max_retries: int = 16,
-                 albumentations: AlbumentationsStage | None = None) -> None:
+                 albumentations: AlbumentationsStage | None = None, mosaic_buffer: int = 0) -> None:
         self.reader = reader
         self.augment = TrainAugment(size, cfg, reader.info.flip_index)
         self.albumentations = albumentations
@@ -74,6 +79,8 @@ class TrainDataset(_Seeded):
         # Mosaic on (1) or off (0), in shared memory: the main process switches it between epochs
         # (``close_mosaic``) and loader workers, forked or spawned, persistent or not, read the new value.
         self._mosaic_on = torch.ones((), dtype=torch.uint8).share_memory_()
+        self._buffer: deque[Sample] = deque(maxlen=max(mosaic_buffer, 1))
+        self.mosaic_buffer = mosaic_buffer
 
     @property
     def mosaic_on(self) -> bool:
@@ -113,8 +120,11 @@ class TrainDataset(_Seeded):
         return sample
 
     def _build(self, index: int, rng: np.random.Generator) -> Item:
+        mosaic = rng.random() < self.cfg.mosaic and self.mosaic_on
+        if self.mosaic_buffer and self._buffer:
+            return self._build_buffered(index, rng, mosaic)
         indices = [index]
-        if rng.random() < self.cfg.mosaic and self.mosaic_on:
+        if mosaic:
             indices += rng.integers(0, len(self), 3).tolist()
         sizes = [self._size(i) for i in indices]
         if all(sizes):
@@ -125,6 +135,19 @@ class TrainDataset(_Seeded):
         else:
             samples = [self._load(i) for i in indices]
             plan = self.augment.plan(rng, [s.image.shape[:2] for s in samples])
+        if self.mosaic_buffer:
+            self._buffer.append(samples[0])
+        return self._finish(plan, samples, rng)
+
+    def _build_buffered(self, index: int, rng: np.random.Generator, mosaic: bool) -> Item:
+        """One decode: the item's own image, and for a mosaic three partners from the buffer of recent images."""
+        partners = [self._buffer[i] for i in rng.integers(0, len(self._buffer), 3)] if mosaic else []
+        main = self._load(index)
+        self._buffer.append(main)
+        samples = [main, *partners]
+        return self._finish(self.augment.plan(rng, [s.image.shape[:2] for s in samples]), samples, rng)
+
+    def _finish(self, plan: Plan, samples: list[Sample | None], rng: np.random.Generator) -> Item:
         item = self.augment.apply(plan, samples, bgr=True)
         if self.albumentations is not None:
             item = self.albumentations(item, int(rng.integers(2**32)), self.augment.flip_index)

@@ -133,12 +133,15 @@ def _paste_scaled(out: np.ndarray, image: np.ndarray, m: np.ndarray) -> np.ndarr
 def hsv_jitter(image: np.ndarray, gains: np.ndarray, bgr: bool = False) -> np.ndarray:
     """Shift hue by ``gains[0]`` turns and scale saturation / value by ``gains[1:]`` on a uint8 image,
     in place, through one 256-entry lookup table per channel. The result is RGB; the input is RGB, or
-    BGR when ``bgr`` (the channel swap then comes free with the colour conversion)."""
+    BGR when ``bgr`` (the channel swap then comes free with the colour conversion).
+
+    The tables are applied plane by plane (``cv2.split`` / ``cv2.merge``): OpenCV's single-channel LUT is
+    vectorised, its three-channel one is not (1.6x slower for the same values; docs/benchmarks.md)."""
     x = np.arange(256, dtype=np.float64)
-    lut = np.stack([(x + gains[0] * 256) % 256, np.clip(x * gains[1], 0, 255), np.clip(x * gains[2], 0, 255)], -1)
+    tables = ((x + gains[0] * 256) % 256, np.clip(x * gains[1], 0, 255), np.clip(x * gains[2], 0, 255))
     hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV_FULL if bgr else cv2.COLOR_RGB2HSV_FULL)
-    cv2.LUT(hsv, lut.astype(np.uint8).reshape(256, 1, 3), dst=hsv)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL, dst=image)
+    planes = [cv2.LUT(p, t.astype(np.uint8).reshape(256, 1)) for p, t in zip(cv2.split(hsv), tables)]
+    return cv2.cvtColor(cv2.merge(planes), cv2.COLOR_HSV2RGB_FULL, dst=image)
 
 
 # --------------------------------------------------------------------------- labels
