@@ -39,6 +39,21 @@ def test_nms_matches_brute_force_across_several_blocks() -> None:
         assert nms(boxes, scores, 0.5, max_keep=7).tolist() == expected[:7]
 
 
+def test_nms_matches_brute_force_on_long_suppression_chains() -> None:
+    """A row of boxes, each overlapping the next above the threshold but not the one after: greedy keeps every other
+    box, a dependency chain as long as the row, across blocks."""
+    from yolopose.postprocess import NMS_BLOCK
+
+    n = NMS_BLOCK + 40
+    x = torch.arange(n, dtype=torch.float32) * 2.0
+    boxes = torch.stack((x, torch.zeros(n), x + 10, torch.full((n,), 10.0)), 1)   # neighbours: IoU 0.67
+    scores = torch.linspace(1, 0.5, n)
+    expected = _brute_force_nms(boxes, scores, 0.6)
+    assert len(expected) > 100 and expected[:3] == [0, 2, 4]
+    assert nms(boxes, scores, 0.6).tolist() == expected
+    assert nms(boxes, scores, 0.6, max_keep=300).tolist() == expected[:300]
+
+
 def test_nms_op_follows_onnx_semantics() -> None:
     boxes, scores = _random_boxes(50, 3)
     two = torch.stack((scores, 1 - scores))                         # (C=2, N)
