@@ -126,9 +126,9 @@ def pipeline_rows(reader: CocoKeypoints, items: int, size: int, batch: int,
     the training and the validation pipeline over ``items`` images; also the training pass (for profiling)."""
     files = [reader.image_path(i % len(reader)) for i in range(items)]
 
-    def train_set(stage: list[dict], buffer: int = 0, **cfg: float) -> TrainDataset:
+    def train_set(stage: list[dict], buffer: int = 0, cache: int = 0, **cfg: float) -> TrainDataset:
         ds = TrainDataset(reader, size, AugmentConfig(**cfg), albumentations=AlbumentationsStage(stage, size)
-                          if stage else None, mosaic_buffer=buffer)
+                          if stage else None, mosaic_buffer=buffer, cache_bytes=cache)
         ds.seed(0)
         return ds
     train = train_set(DEFAULT_ALBUMENTATIONS)
@@ -150,8 +150,10 @@ def pipeline_rows(reader: CocoKeypoints, items: int, size: int, batch: int,
                  (FORMER, with_former_hsv(batches(train_set(DEFAULT_ALBUMENTATIONS, 0)))),
                  ("train: mosaic+affine+HSV+flip+collate, no albumentations", batches(train_set([]))),
                  ("train + default albumentations stage", batches(train)),
-                 ("train + default albumentations stage, mosaic buffer 64 (the default)",
+                 ("train + default albumentations stage, mosaic buffer 64 (the default), no RAM cache",
                   batches(train_set(DEFAULT_ALBUMENTATIONS, 64))),
+                 ("train + default albumentations stage, mosaic buffer 64, RAM cache (the default for a split that "
+                  "fits data.cache_gb)", batches(train_set(DEFAULT_ALBUMENTATIONS, 64, 2 * 10**9))),
                  ("train + Perspective + CoarseDropout (p 0.5 each)", batches(train_set(HEAVY))),
                  ("train, no HSV, no albumentations (HSV cost reference)", batches(train_set([], **NO_HSV))),
                  ("train, albumentations HueSaturationValue instead of our HSV", batches(train_set(ALBU_HSV, **NO_HSV))),

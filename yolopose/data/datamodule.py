@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -62,6 +63,10 @@ class PoseDataModule(pl.LightningDataModule):
         mosaic_buffer: a mosaic's three partner tiles come from this many recently decoded images of the loader
             worker, so an item decodes one image instead of four (``TrainDataset``; 0: partners drawn from the
             whole split, the exact pre-buffer behaviour). docs/benchmarks.md has what it buys.
+        cache, cache_gb: keep decoded training images in RAM, at most ``cache_gb`` GB for a rank's loader processes
+            together (each of its ``num_workers`` workers fills its own share; every DDP rank the same again):
+            ``ram`` as many as fit, ``auto`` (default) only when the whole split fits a worker's share (a fine-tuning
+            set of a few thousand images; not COCO), ``none`` never. The items do not change.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class PoseDataModule(pl.LightningDataModule):
         train_negatives: float = 1.0,
         close_mosaic_epochs: int = 0,
         mosaic_buffer: int = 64,
+        cache: Literal["none", "ram", "auto"] = "auto",
+        cache_gb: float = 2.0,
     ) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 64:
@@ -101,6 +108,9 @@ class PoseDataModule(pl.LightningDataModule):
             raise DatasetError(f"data.batch_size must be >= 1 and data.num_workers >= 0, "
                                f"got {batch_size}, {num_workers}")
         check_negatives_fraction(train_negatives)   # before any file is parsed
+        if cache not in ("none", "ram", "auto") or cache_gb < 0:
+            raise DatasetError(f"data.cache must be none, ram or auto and data.cache_gb >= 0, got {cache!r}, "
+                               f"{cache_gb}")
         if close_mosaic_epochs < 0 or mosaic_buffer < 0:
             raise DatasetError(f"data.close_mosaic_epochs and data.mosaic_buffer must be >= 0, got "
                                f"{close_mosaic_epochs}, {mosaic_buffer}")
@@ -121,6 +131,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.train_split, self.val_split = self._read_splits(format, train_ann, train_images, val_ann, val_images,
                                                              yaml, synthetic, flip_index, sigmas)
         self.train_split = keep_negatives(self.train_split, train_negatives)
+        self.cache_bytes = self._cache_budget(cache, cache_gb)
         info = self.train_split.info
         other = self.val_split.info
         if (other.num_keypoints, other.category_ids) != (info.num_keypoints, info.category_ids):
@@ -165,9 +176,25 @@ class PoseDataModule(pl.LightningDataModule):
                 CocoKeypoints(val_ann, val_images, flip_index, sigmas))
 
     # ------------------------------------------------------------------ datasets and loaders
+    def _cache_budget(self, cache: str, cache_gb: float) -> int:
+        """Bytes of decoded training images each loader process may keep (``cache``); says what it decided."""
+        if cache == "none":
+            return 0
+        sizes = self.train_split.table.sizes.astype(np.int64)   # as declared; an undeclared size counts as 640 x 640
+        need = int(np.where(sizes.min(1) > 0, sizes[:, 0] * sizes[:, 1], 640 * 640).sum() * 3)
+        processes = max(self.num_workers, 1)
+        budget = int(cache_gb * 1e9 / processes)
+        if cache == "auto" and need > budget:
+            rank_zero_info(f"data.cache auto: the {len(sizes)} training images take {need / 1e9:.1f} GB decoded, more "
+                           f"than data.cache_gb {cache_gb:g} over {processes} loader process(es): not cached")
+            return 0
+        rank_zero_info(f"data.cache {cache}: up to {min(need, budget) / 1e9:.2f} GB of decoded training images in RAM "
+                       f"in each of {processes} loader process(es) ({len(sizes)} images, {need / 1e9:.2f} GB in all)")
+        return budget
+
     def train_dataset(self) -> TrainDataset:
         return TrainDataset(self.train_split, self.image_size, self.augment, albumentations=self.albumentations,
-                            mosaic_buffer=self.mosaic_buffer)
+                            mosaic_buffer=self.mosaic_buffer, cache_bytes=self.cache_bytes)
 
     def val_dataset(self) -> ValDataset:
         return ValDataset(self.val_split, self.image_size)

@@ -66,10 +66,13 @@ class TrainDataset(_Seeded):
             from the whole split and decoded for the item). Each item then decodes one image instead of four. The
             buffer holds recent items' images, which the shuffled loader draws at random, so every image is still a
             partner three times an epoch on average (Ultralytics keeps such a buffer too); per loader worker.
+        cache_bytes: keep up to this many bytes of decoded images in RAM (0: none), per process: an image decoded
+            once is never decoded again (the same arrays, so the items are the same).
     """
 
     def __init__(self, reader: LabelledImages, size: int, cfg: AugmentConfig, max_retries: int = 16,
-                 albumentations: AlbumentationsStage | None = None, mosaic_buffer: int = 0) -> None:
+                 albumentations: AlbumentationsStage | None = None, mosaic_buffer: int = 0,
+                 cache_bytes: int = 0) -> None:
         self.reader = reader
         self.augment = TrainAugment(size, cfg, reader.info.flip_index)
         self.albumentations = albumentations
@@ -81,6 +84,9 @@ class TrainDataset(_Seeded):
         self._mosaic_on = torch.ones((), dtype=torch.uint8).share_memory_()
         self._buffer: deque[Sample] = deque(maxlen=max(mosaic_buffer, 1))
         self.mosaic_buffer = mosaic_buffer
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, Sample] = {}
+        self._cached_bytes = 0
 
     @property
     def mosaic_on(self) -> bool:
@@ -115,8 +121,13 @@ class TrainDataset(_Seeded):
         return self.reader.declared_size(i) or self._sizes.get(i)
 
     def _load(self, i: int) -> Sample:
+        if i in self._cache:
+            return self._cache[i]
         sample = self.reader.load(i, bgr=True)  # TrainAugment converts to RGB once, on the output
         self._sizes[i] = sample.image.shape[:2]
+        if self._cached_bytes + sample.image.nbytes <= self.cache_bytes:
+            self._cache[i] = sample
+            self._cached_bytes += sample.image.nbytes
         return sample
 
     def _build(self, index: int, rng: np.random.Generator) -> Item:
