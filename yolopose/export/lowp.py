@@ -65,7 +65,9 @@ def quantize_int8(proto: Any, calibration: np.ndarray, keep_head: bool = True) -
     """
     try:
         import nncf
-        nncf.set_log_level(logging.ERROR)   # its per-node INFO lines and progress bars are not the user's business
+        # Its per-node INFO lines are not the user's business. Not nncf.set_log_level: that also sets the level of every
+        # handler on its logger, including ones others attached there (pytest's log capture was left at ERROR).
+        logging.getLogger("nncf").setLevel(logging.ERROR)
     except ImportError:
         raise ExportError("--int8 needs NNCF (Apache-2.0, OpenVINO's quantisation tool): pip install "
                           "'yolopose[int8]'") from None
