@@ -11,6 +11,8 @@ from yolopose.geometry import default_sigmas
 from yolopose.loss import PoseLoss
 from yolopose.nn.model import default_anchors
 
+from test_loss import _targets
+
 K = 5
 STRIDES = [8, 16, 32, 64]
 SIZE = 256
@@ -29,17 +31,6 @@ def _grids() -> list[tuple[int, int]]:
 def _raws(seed: int = 0, batch: int = 2, c: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, 3, h, w, 5 + c + 3 * K, generator=g) for h, w in _grids()]
-
-
-def _targets(rows: list[tuple[int, float, float, float, float]], seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.zeros(len(rows), 6 + 3 * K)
-    for i, (b, cx, cy, w, h) in enumerate(rows):
-        t[i, :6] = torch.tensor([b, 0, cx, cy, w, h])
-        t[i, 6::3] = cx + (torch.rand(K, generator=g) - 0.5) * w
-        t[i, 7::3] = cy + (torch.rand(K, generator=g) - 0.5) * h
-        t[i, 8::3] = 2.0
-    return t
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:
@@ -84,7 +75,7 @@ def _crowd(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     wh = torch.exp(torch.rand(n, 2, generator=g) * 3.6 + 2.1)
     cxy = 100 + torch.rand(n, 2, generator=g) * 60
-    return _targets([(i % 2, *cxy[i].tolist(), *wh[i].tolist()) for i in range(n)], seed)
+    return _targets([(i % 2, *cxy[i].tolist(), *wh[i].tolist()) for i in range(n)], seed=seed)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

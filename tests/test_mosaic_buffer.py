@@ -18,8 +18,8 @@ def _reader(people_coco, write_coco) -> CocoKeypoints:
     return CocoKeypoints(ann, images)
 
 
-def test_an_item_decodes_one_image_and_mosaics_with_recent_ones(people_coco, write_coco) -> None:
-    reader = _reader(people_coco, write_coco)
+def _count_loads(reader: CocoKeypoints) -> list[int]:
+    """Make ``reader`` record the index of every image it decodes; returns the record."""
     loads: list[int] = []
     load = reader.load
 
@@ -28,6 +28,12 @@ def test_an_item_decodes_one_image_and_mosaics_with_recent_ones(people_coco, wri
         return load(i, bgr)
 
     reader.load = counting_load
+    return loads
+
+
+def test_an_item_decodes_one_image_and_mosaics_with_recent_ones(people_coco, write_coco) -> None:
+    reader = _reader(people_coco, write_coco)
+    loads = _count_loads(reader)
     ds = TrainDataset(reader, 128, AugmentConfig(**NO_COLOUR), mosaic_buffer=4)
     ds.seed(0)
     first = ds[0]
@@ -66,14 +72,7 @@ def test_without_a_buffer_partners_come_from_the_whole_split(people_coco, write_
 
 def test_the_ram_cache_decodes_once_and_changes_no_item(people_coco, write_coco) -> None:
     reader = _reader(people_coco, write_coco)
-    loads: list[int] = []
-    load = reader.load
-
-    def counting_load(i: int, bgr: bool = False):
-        loads.append(i)
-        return load(i, bgr)
-
-    reader.load = counting_load
+    loads = _count_loads(reader)
     cached = TrainDataset(reader, 128, AugmentConfig(), mosaic_buffer=4, cache_bytes=10**9)
     plain = TrainDataset(_reader(people_coco, write_coco), 128, AugmentConfig(), mosaic_buffer=4)
     cached.seed(2)
