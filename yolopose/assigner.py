@@ -87,6 +87,7 @@ class AnchorAssigner:
         self.anchor_t = anchor_t
         self.neighbour = neighbour
         self._constants: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self._anchor_tables: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]]) -> list[LevelTargets]:
         """Assign ``targets (T, 6 + 3K)`` rows ``[batch, cls, cx, cy, w, h, (x, y, v) * K]`` (input pixels).
@@ -113,6 +114,26 @@ class AnchorAssigner:
                 _OFFSETS.to(device, dtype),
             )
         return self._constants[key]
+
+    def anchor_index(self, pos: Positives, raws: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """``(P,)`` index of each positive's anchor in the concatenation of every level's flattened
+        ``(B, A, H, W)`` anchors (the loss's objectness targets, the dynamic rule's one-person-per-anchor), and
+        the number of anchors. The per-level ``[offset, H, W]`` table is cached per input shape (building it is
+        a host-to-device copy)."""
+        shapes = tuple(tuple(r.shape[:4]) for r in raws)
+        device = pos.batch.device
+        key = (shapes, device)
+        if key not in self._anchor_tables:
+            if len(self._anchor_tables) >= 16:   # multi-scale training: a handful of shapes; never grow without bound
+                self._anchor_tables.clear()
+            offsets = [0]
+            for sh in shapes[:-1]:
+                offsets.append(offsets[-1] + sh[0] * sh[1] * sh[2] * sh[3])
+            self._anchor_tables[key] = torch.tensor([[o, sh[2], sh[3]] for o, sh in zip(offsets, shapes)],
+                                                    device=device)
+        offset, h, w = self._anchor_tables[key][pos.level].unbind(1)
+        index = offset + ((pos.batch * shapes[0][1] + pos.anchor) * h + pos.gy) * w + pos.gx
+        return index, sum(sh[0] * sh[1] * sh[2] * sh[3] for sh in shapes)
 
     def assign(self, targets: torch.Tensor, grid_sizes: list[tuple[int, int]],
                raws: list[torch.Tensor] | None = None) -> Positives:

@@ -130,7 +130,7 @@ class DynamicAssigner(AnchorAssigner):
         # 3. each person's k cheapest candidates.
         chosen = rank_within_groups(t_idx, cost, num_targets) < k[t_idx]
         # 4. one person per anchor.
-        key, num_keys = self._anchor_key(cand, raws)
+        key, num_keys = self.anchor_index(cand, raws)
         keep = lowest_per_key(key, cost, chosen, num_keys)
         # 5. people left without a positive (e.g. one whose only candidate another person holds).
         for _ in range(self.rescue_rounds):
@@ -157,15 +157,3 @@ class DynamicAssigner(AnchorAssigner):
         given = torch.zeros(num_keys, dtype=torch.bool, device=cost.device)
         given = given.index_fill_(0, key[take & (holder >= 0)], True)
         return (keep & ~given[key]) | take
-
-    @staticmethod
-    def _anchor_key(cand: Positives, raws: list[torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """``(N,)`` index of each candidate's anchor in the concatenation of every level's ``B*A*H*W`` anchors,
-        and their number."""
-        sizes = [r.shape[0] * r.shape[1] * r.shape[2] * r.shape[3] for r in raws]
-        starts = torch.tensor([0] + sizes[:-1], device=cand.batch.device).cumsum(0)
-        hw = torch.tensor([[r.shape[2], r.shape[3]] for r in raws], device=cand.batch.device)
-        h, w = hw[cand.level].unbind(1)
-        a = raws[0].shape[1]
-        key = starts[cand.level] + ((cand.batch * a + cand.anchor) * h + cand.gy) * w + cand.gx
-        return key, sum(sizes)

@@ -108,7 +108,6 @@ class PoseLoss(nn.Module):
         self.register_buffer("sigmas", torch.as_tensor(sigmas, dtype=torch.float32), persistent=False)
         self.assigner = assigner
         self.strides = list(assigner.strides)
-        self._cell_index_cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, raws: list[torch.Tensor], targets: torch.Tensor, ignore: torch.Tensor | None = None,
                 scales: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -135,8 +134,7 @@ class PoseLoss(nn.Module):
         dtype = torch.promote_types(raws[0].dtype, torch.float32)
         targets = targets.to(dtype)
         pos = self.assigner.assign(targets, [(r.shape[2], r.shape[3]) for r in raws], raws)
-        tobjs, parts = self._positive_terms(raws, pos, dtype)
-        parts["kpt_nll"] = self._nll_term(scales, raws, pos, dtype)
+        tobjs, parts = self._positive_terms(raws, pos, dtype, scales)
         obj = raws[0].new_zeros((), dtype=dtype)
         in_h, in_w = raws[0].shape[2] * self.strides[0], raws[0].shape[3] * self.strides[0]
         for lvl, (raw, tobj) in enumerate(zip(raws, tobjs)):
@@ -147,28 +145,14 @@ class PoseLoss(nn.Module):
         total = sum(self.weights[name] * value for name, value in parts.items()) * batch
         return total, {name: value.detach() for name, value in parts.items()}
 
-    def _cell_index(self, raws: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        """``(L, 3)`` long ``[offset, H, W]`` of each level in the concatenation of all levels' ``B*A*H*W``
-        cells (cached per input shape: building it is a host-to-device copy)."""
-        shapes = tuple(tuple(r.shape[:4]) for r in raws)
-        key = (shapes, device)
-        cache = self._cell_index_cache
-        if key not in cache:
-            if len(cache) >= 16:   # multi-scale training: a handful of shapes; never grow without bound
-                cache.clear()
-            offsets = [0]
-            for s in shapes[:-1]:
-                offsets.append(offsets[-1] + s[0] * s[1] * s[2] * s[3])
-            cache[key] = torch.tensor([[o, s[2], s[3]] for o, s in zip(offsets, shapes)], device=device)
-        return cache[key]
-
-    def _positive_terms(self, raws: list[torch.Tensor], pos: Positives,
-                        dtype: torch.dtype) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    def _positive_terms(self, raws: list[torch.Tensor], pos: Positives, dtype: torch.dtype,
+                        scales: list[torch.Tensor] | None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Box, class and keypoint terms of all positives; the objectness target ``(B, A, H, W)`` of each level.
 
         Returns:
             ``(tobjs, parts)``: one objectness target per level (the detached CIoU of the positives in a
-            cell, the best one when several share it, else 0) and the ``box, cls, kpt, kpt_conf`` parts.
+            cell, the best one when several share it, else 0) and the ``box, cls, kpt, kpt_conf, kpt_l1, kpt_nll``
+            parts.
         """
         c, k = self.num_classes, self.num_keypoints
         device = raws[0].device
@@ -179,17 +163,18 @@ class PoseLoss(nn.Module):
         zero = tobj_flat.new_zeros(())
         n_pos = pos.batch.shape[0]
         if n_pos == 0:
-            return tobjs, {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero, "kpt_l1": zero}
+            return tobjs, {"box": zero, "cls": zero, "kpt": zero, "kpt_conf": zero, "kpt_l1": zero, "kpt_nll": zero}
         pred = gather_positive_rows(raws, pos).to(dtype)                       # (P, 5 + C + 3K)
+        nll = zero if scales is None else self._nll_term(gather_positive_rows(scales, pos).to(dtype), pred, pos,
+                                                         len(raws))   # (the rows gathered once, for every term)
         pbox = torch.cat((decode_box_xy(pred[:, :2]), decode_box_wh(pred[:, 2:4], pos.anchor_wh)), 1)
         iou = ciou(pbox, pos.box)
         # Objectness target: the detached IoU; when several targets share an anchor the best one wins.
-        offset, h, w = self._cell_index(raws, device)[pos.level].unbind(1)
-        cell = offset + ((pos.batch * raws[0].shape[1] + pos.anchor) * h + pos.gy) * w + pos.gx
+        cell, _ = self.assigner.anchor_index(pos, raws)
         tobj_flat.scatter_reduce_(0, cell, iou.detach().clamp(min=0), "amax")
         if self.reduction == "per_level":
-            return tobjs, self._per_level_terms(pred, pos, iou, len(raws))
-        parts = {"box": (1 - iou).sum() / n_pos, "cls": zero}
+            return tobjs, {**self._per_level_terms(pred, pos, iou, len(raws)), "kpt_nll": nll}
+        parts = {"box": (1 - iou).sum() / n_pos, "cls": zero, "kpt_nll": nll}
         if c > 1:
             onehot = (pos.cls[:, None] == torch.arange(c, device=device)).to(dtype)
             parts["cls"] = F.binary_cross_entropy_with_logits(pred[:, 5:5 + c], onehot, reduction="sum") / c / n_pos
@@ -207,15 +192,11 @@ class PoseLoss(nn.Module):
         parts["kpt_conf"] = F.binary_cross_entropy_with_logits(pk[..., 2], labelled, reduction="sum") / labelled.numel()
         return tobjs, parts
 
-    def _nll_term(self, scales: list[torch.Tensor] | None, raws: list[torch.Tensor], pos: Positives,
-                  dtype: torch.dtype) -> torch.Tensor:
-        """The keypoint NLL (module docstring) averaged like the ``kpt`` term; 0 without scales or positives."""
-        zero = raws[0].new_zeros((), dtype=dtype)
-        if scales is None or pos.batch.numel() == 0:
-            return zero
-        k, c = self.num_keypoints, self.num_classes
-        log_b = gather_positive_rows(scales, pos).to(dtype).clamp(-6.0, 6.0)          # (P, K)
-        pred = gather_positive_rows(raws, pos).to(dtype)
+    def _nll_term(self, log_b: torch.Tensor, pred: torch.Tensor, pos: Positives, num_levels: int) -> torch.Tensor:
+        """The keypoint NLL (module docstring) of the positives' log-scales ``(P, K)`` and raw rows ``pred``,
+        averaged like the ``kpt`` term."""
+        k, c, dtype = self.num_keypoints, self.num_classes, pred.dtype
+        log_b = log_b.clamp(-6.0, 6.0)
         pxy = decode_keypoint_xy(pred[:, 5 + c:].reshape(-1, k, 3)[..., :2])
         txy = pos.keypoints[..., :2]
         unit = (pos.box[:, 2] * pos.box[:, 3]).sqrt()[:, None] * (2 * self.sigmas.to(dtype))[None]   # (P, K)
@@ -224,7 +205,7 @@ class PoseLoss(nn.Module):
         labelled = (pos.keypoints[..., 2] > 0).to(dtype)
         n_lab = labelled.sum(1)
         if self.reduction == "per_level":
-            lab_share = 1 / raws[0].new_zeros(len(raws), dtype=dtype).index_add_(0, pos.level, n_lab).clamp(min=1)
+            lab_share = 1 / pred.new_zeros(num_levels).index_add_(0, pos.level, n_lab).clamp(min=1)
             return ((nll * labelled).sum(1) * lab_share[pos.level]).sum()
         n_inst = (n_lab > 0).sum().clamp(min=1)
         return ((nll * labelled).sum(1) / (n_lab + self.eps)).sum() / n_inst

@@ -11,7 +11,10 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from yolopose.export.checkdata import check_data
+import numpy as np
+
+from yolopose.data.transforms import preprocess
+from yolopose.export.checkdata import CheckData, check_data
 from yolopose.export.contract import ExportError, ExportOptions, ModelInfo
 from yolopose.export.lowp import LowPrecisionReport, latency_ms, quantize_int8, score_file
 from yolopose.export.onnx_graph import partial_path
@@ -38,6 +41,17 @@ def _openvino() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _timing_input(data: CheckData, opts: ExportOptions) -> np.ndarray | None:
+    """One network input (a calibration image, else a validation image), at the file's batch size."""
+    if data.calibration.shape[0]:
+        image = data.calibration[:1]
+    elif data.val_images:
+        image = preprocess(data.val_images[0][1], opts.imgsz)[0][None]
+    else:
+        return None
+    return image.repeat(1 if opts.dynamic else opts.batch, 0)
 
 
 def export_low_precision(model: YOLOPose, info: ModelInfo, a: argparse.Namespace,
@@ -77,13 +91,8 @@ def export_low_precision(model: YOLOPose, info: ModelInfo, a: argparse.Namespace
                 else:
                     notes.append(f"openvino: kpt AP {ref['kpt_AP']:.3f} -> {got['kpt_AP']:.3f}, box AP "
                                  f"{ref['box_AP']:.3f} -> {got['box_AP']:.3f} (the same file)")
-        if data.calibration.shape[0] or data.val_images:
-            image = (data.calibration[:1] if data.calibration.shape[0] else None)
-            if image is None:
-                from yolopose.data.transforms import preprocess
-                image = preprocess(data.val_images[0][1], opts.imgsz)[0][None]
-            batch = opts.batch if not opts.dynamic else 1
-            image = image.repeat(batch, 0)
+        image = _timing_input(data, opts)
+        if image is not None:
             report.ms_fp32, report.ms = (latency_ms(p, image) for p in (fp32.path, low))
         notes = report.lines() + notes
         drop = report.kpt_drop
