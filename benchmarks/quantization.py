@@ -32,20 +32,14 @@ def _fresh_checkpoint(variant: str, act: str, path: Path) -> Path:
     """A checkpoint of ``variant`` with fresh weights and BatchNorm statistics measured on generated scenes."""
     import pytorch_lightning as pl
 
+    from yolopose.callbacks import recompute_batchnorm_stats
     from yolopose.geometry import default_sigma_list
     from yolopose.module import PoseModule
 
     torch.manual_seed(0)
     module = PoseModule(num_keypoints=17, variant=variant, act=act, sigmas=default_sigma_list(17), category_ids=[1])
-    net = module.model
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        net(torch.from_numpy(check_images(320, 8, seed=11)))
-    net.eval()
+    net = module.model.eval()
+    recompute_batchnorm_stats(net, [torch.from_numpy(check_images(320, 8, seed=11))])
     module.ema.module.load_state_dict(net.state_dict())
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": pl.__version__}, path)
